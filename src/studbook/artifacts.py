@@ -1,0 +1,132 @@
+"""Model artifacts: HF layout, safetensors only, each describing itself.
+
+Beside the weights every artifact carries `studbook.json`: the resolved recipe, the
+parents with their sha256, the seed, library versions and the compute spent, so the
+next tool (and lineage) reads the facts from the artifact, never from a side database.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from .atomic import sha256_file, write_json_atomic
+from .errors import StudbookError
+
+META_FILE = "studbook.json"
+WEIGHTS_FILE = "model.safetensors"
+# File endings that can carry pickled code: never loaded, the folder is refused.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+def build_model(spec, seed: int):
+    """A freshly initialised HF causal LM from a ModelSpec (seeded, deterministic)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .tokenizer import EOS_ID, OFFSET, VOCAB_SIZE
+
+    try:
+        config = AutoConfig.for_model(spec.architecture, **_config_kwargs(spec, VOCAB_SIZE, EOS_ID, OFFSET))
+    except ValueError as exc:
+        raise StudbookError(str(exc), key="model.architecture") from None
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    return model
+
+
+def _config_kwargs(spec, vocab_size: int, eos_id: int, offset: int) -> dict[str, Any]:
+    kwargs = dict(spec.config)
+    kwargs.update(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
+                  pad_token_id=0)
+    # each architecture names its context length differently; set every known spelling
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        if key in _config_keys(spec.architecture):
+            kwargs.setdefault(key, spec.context_length)
+    return kwargs
+
+
+def _config_keys(architecture: str) -> set[str]:
+    from transformers import AutoConfig
+
+    return set(AutoConfig.for_model(architecture).to_dict())
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> None:
+    """Write weights (safetensors), config, generation config and tokenizer into out_dir."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def check_safe_folder(path: str | Path) -> None:
+    """Refuse folders holding pickle-based files or asking for remote code; never load them."""
+    path = Path(path)
+    if not path.is_dir():
+        raise StudbookError("model folder does not exist", file=str(path))
+    for file in sorted(path.rglob("*")):
+        if file.suffix.lower() in PICKLE_SUFFIXES:
+            raise StudbookError("pickle-based weights are refused (safetensors only); "
+                                "the file was not opened", file=str(file))
+    config_file = path / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if "auto_map" in config:
+            raise StudbookError("the model asks for remote code (auto_map); "
+                                "trust_remote_code stays off", file=str(config_file), key="auto_map")
+    if not any(path.glob("*.safetensors")):
+        raise StudbookError("no safetensors weights in the folder", file=str(path))
+
+
+def load_model(path: str | Path):
+    """Load a model folder safely: safetensors only, no remote code, weights checked."""
+    from transformers import AutoModelForCausalLM
+
+    check_safe_folder(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False,
+                                                     use_safetensors=True)
+    except Exception as exc:
+        raise StudbookError(f"cannot load weights: {exc}", file=str(path)) from None
+    return model
+
+
+def weights_sha256(path: str | Path) -> str:
+    files = sorted(Path(path).glob("*.safetensors"))
+    if len(files) == 1:
+        return sha256_file(files[0])
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0" + sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "peft", "lm_eval", "dvc", "studbook"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "absent"
+    return out
+
+
+def write_meta(out_dir: str | Path, meta: dict) -> None:
+    write_json_atomic(Path(out_dir) / META_FILE, meta)
+
+
+def read_meta(path: str | Path) -> dict:
+    meta_file = Path(path) / META_FILE
+    if not meta_file.is_file():
+        raise StudbookError("not a studbook artifact (no studbook.json)", file=str(meta_file))
+    return json.loads(meta_file.read_text(encoding="utf-8"))

@@ -1,0 +1,109 @@
+"""Evaluation cards: a pure function `render(context) -> str` over one Jinja2 template.
+
+No I/O, no clock, no network while rendering; the template runs in Jinja's sandbox with
+StrictUndefined. Figures carry fixed precision so identical results render
+byte-identical and a change in one metric changes one line. `card_context` gathers the
+facts (also written as the card's machine-readable JSON twin).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TEMPLATE = Path(__file__).parent / "templates" / "card.md.j2"
+PRECISION = {"bits_per_byte": 4, "acc": 4, "acc_norm": 4}
+UNITS = {"bits_per_byte": "bits/byte", "acc": "fraction correct", "acc_norm": "fraction correct"}
+
+
+def fmt(value: float | None, metric: str = "", signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    digits = PRECISION.get(metric, 4)
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def fmt_si(value: float) -> str:
+    """3 significant figures with an SI prefix (FLOPs, tokens)."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}"
+    return f"{value:.3g} "
+
+
+def _direction(metric: str) -> str:
+    return "lower" if metric == "bits_per_byte" else "higher"
+
+
+def card_context(meta: dict, results: dict, verdict: dict, contract, parent_results: dict,
+                 manifest: dict, relation: str | None) -> dict[str, Any]:
+    """Every fact the card shows, as plain data (the JSON twin)."""
+    benchmarks = []
+    for bench in contract.benchmarks:
+        value = results[bench.task]["metrics"][bench.metric]
+        against = []
+        for parent, values in sorted(parent_results.items()):
+            parent_value = values.get(bench.task)
+            delta = None if parent_value is None else value - parent_value
+            against.append({"parent": parent, "value": parent_value, "delta": delta})
+        benchmarks.append({
+            "task": bench.task, "niche": bench.niche, "metric": bench.metric,
+            "direction": _direction(bench.metric), "unit": UNITS[bench.metric],
+            "value": round(value, 6), "items": results[bench.task]["items"],
+            "task_version": results[bench.task]["version"],
+            "task_sha256": results[bench.task]["task_sha256"], "parents": against,
+        })
+    parents = meta["parents"] or [{"name": verdict["reference_parent"], "sha256": None,
+                                   "reference": True}]
+    model_index = [{"name": meta["name"], "results": [{
+        "task": {"type": "text-generation", "name": "Text Generation"},
+        "dataset": {"name": b["task"], "type": b["task"]},
+        "metrics": [{"type": b["metric"], "value": round(b["value"], PRECISION[b["metric"]]),
+                     "name": f"{b['metric']} ({b['niche']})"}],
+    } for b in benchmarks]}]
+    front: dict[str, Any] = {"library_name": "transformers", "tags": ["studbook", meta["contract"]]}
+    if meta["parents"]:
+        front["base_model"] = [p["name"] for p in meta["parents"]]
+        if relation:
+            front["base_model_relation"] = relation
+    front["model-index"] = model_index
+    front["studbook"] = {
+        "generation": meta["name"], "kind": meta["kind"], "method": meta["method"],
+        "verdict": verdict["verdict"],
+        "parents": [{k: p.get(k) for k in ("name", "sha256")} for p in parents],
+        "weights_sha256": meta["weights_sha256"], "recipe_sha256": meta["recipe_sha256"],
+        "contract": meta["contract"], "tokenizer_sha256": meta["tokenizer_sha256"],
+        "data": meta["data"], "versions": meta["versions"], "compute": meta["compute"],
+    }
+    return {
+        "name": meta["name"], "kind": meta["kind"], "method": meta["method"],
+        "relation": relation, "verdict": verdict["verdict"], "reasons": verdict["reasons"],
+        "parents": parents, "reference_parent": verdict["reference_parent"],
+        "contract": meta["contract"], "contract_description": contract.description.strip(),
+        "architecture": meta["architecture"], "parameters": meta["parameters"],
+        "seed": meta["seed"], "recipe_sha256": meta["recipe_sha256"],
+        "weights_sha256": meta["weights_sha256"], "tokenizer_sha256": meta["tokenizer_sha256"],
+        "data": {**meta["data"], "files": manifest["files"]},
+        "versions": meta["versions"], "compute": meta["compute"],
+        "benchmarks": benchmarks, "primary": verdict["primary"], "guards": verdict["guards"],
+        "front_matter": front,
+    }
+
+
+def _to_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100).rstrip("\n")
+
+
+def render_card(context: dict[str, Any], template: str | None = None) -> str:
+    """Render a card. Pure: the same context always gives the same bytes."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
+                                        trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.filters.update(fmt=fmt, si=fmt_si, to_yaml=_to_yaml)
+    source = template if template is not None else TEMPLATE.read_text(encoding="utf-8")
+    text = env.from_string(source).render(**context)
+    return text.rstrip("\n") + "\n"

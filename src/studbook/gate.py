@@ -1,0 +1,125 @@
+"""The gate: does a child beat its best parent, with paired statistics?
+
+Net gain is measured on the contract's primary metric, item by item on the same items
+(a paired bootstrap over per-item differences), against the parent that scores best.
+Guarded benchmarks may not regress beyond their tolerance. A founder's reference parent
+is the uniform byte model: 8 bits per byte on every item, 1/k on a k-way choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UNIFORM = "uniform-byte"
+UNIFORM_BITS_PER_BYTE = 8.0  # log2(256): every byte equally likely
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model's per-item scores: task -> item id -> metric -> value."""
+
+    name: str
+    sha256: str | None
+    items: dict[str, dict[str, dict[str, float]]]
+
+    def vector(self, task: str, metric: str, ids: list[str]) -> np.ndarray:
+        return np.array([self.items[task][i][metric] for i in ids], dtype=np.float64)
+
+
+def scores_from_samples(name: str, sha256: str | None, samples: dict[str, list[dict]]) -> Scores:
+    return Scores(name, sha256, {task: {row["id"]: row for row in rows}
+                                 for task, rows in samples.items()})
+
+
+def uniform_scores(child: Scores) -> Scores:
+    """The uniform byte model scored on exactly the child's items."""
+    items: dict[str, dict[str, dict[str, float]]] = {}
+    for task, rows in child.items.items():
+        items[task] = {}
+        for item_id, row in rows.items():
+            if "bits_per_byte" in row:
+                items[task][item_id] = {"bits_per_byte": UNIFORM_BITS_PER_BYTE}
+            else:
+                chance = 1.0 / row["choices"]
+                items[task][item_id] = {"acc": chance, "acc_norm": chance}
+    return Scores(UNIFORM, None, items)
+
+
+def _pooled(scores: Scores, tasks: list[str], metric: str, ids: dict[str, list[str]]) -> np.ndarray:
+    return np.concatenate([scores.vector(t, metric, ids[t]) for t in tasks])
+
+
+def paired_bootstrap(gain: np.ndarray, samples: int, confidence: float, seed: int) -> dict:
+    """Mean per-item gain with a percentile interval and a one-sided p-value (gain <= 0)."""
+    rng = np.random.default_rng(seed)
+    means = gain[rng.integers(0, len(gain), size=(samples, len(gain)))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return {
+        "mean": float(gain.mean()),
+        "ci_low": float(np.quantile(means, alpha)),
+        "ci_high": float(np.quantile(means, 1 - alpha)),
+        "p_value": float((np.sum(means <= 0) + 1) / (samples + 1)),
+        "items": int(len(gain)),
+    }
+
+
+def _signed(delta: np.ndarray | float, direction: str):
+    """Positive means better, whatever the metric's direction."""
+    return -delta if direction == "lower" else delta
+
+
+def decide(child: Scores, parents: list[Scores], contract) -> dict:
+    """The verdict, with every number that led to it."""
+    if not parents:
+        parents = [uniform_scores(child)]
+    primary = contract.primary
+    ids = {t: sorted(child.items[t]) for t in primary.tasks}
+    for parent in parents:
+        for task in primary.tasks:
+            missing = set(ids[task]) - set(parent.items.get(task, {}))
+            if missing:
+                raise ValueError(f"parent {parent.name} was not scored on {len(missing)} "
+                                 f"item(s) of {task}; evaluate it on the same items")
+    child_vec = _pooled(child, primary.tasks, primary.metric, ids)
+    means = {p.name: float(_pooled(p, primary.tasks, primary.metric, ids).mean()) for p in parents}
+    best = max(parents, key=lambda p: _signed(means[p.name], primary.direction))
+    best_vec = _pooled(best, primary.tasks, primary.metric, ids)
+    gain = _signed(child_vec - best_vec, primary.direction)
+    stats = paired_bootstrap(gain, contract.gate.bootstrap_samples, contract.gate.confidence,
+                             contract.gate.seed)
+    reasons = []
+    promoted = True
+    if stats["ci_low"] <= contract.gate.min_net_gain:
+        promoted = False
+        reasons.append(f"net gain on {primary.metric} not shown: {contract.gate.confidence:.0%} "
+                       f"interval low end {stats['ci_low']:.4f} <= {contract.gate.min_net_gain:.4f}")
+    guards = []
+    for guard in contract.guarded:
+        guard_ids = sorted(child.items[guard.task])
+        child_value = float(child.vector(guard.task, guard.metric, guard_ids).mean())
+        parent_value = float(best.vector(guard.task, guard.metric, guard_ids).mean())
+        change = float(_signed(child_value - parent_value, guard.direction))
+        ok = change >= -guard.tolerance
+        guards.append({"task": guard.task, "metric": guard.metric, "child": child_value,
+                       "parent": parent_value, "change": change,
+                       "tolerance": guard.tolerance, "ok": ok})
+        if not ok:
+            promoted = False
+            reasons.append(f"guarded {guard.task} {guard.metric} regressed by {-change:.4f} "
+                           f"(tolerance {guard.tolerance:.4f})")
+    if promoted:
+        reasons.append(f"net gain {stats['mean']:.4f} on {primary.metric} over {best.name}, "
+                       f"{contract.gate.confidence:.0%} interval [{stats['ci_low']:.4f}, "
+                       f"{stats['ci_high']:.4f}]")
+    return {
+        "verdict": "promoted" if promoted else "rejected",
+        "reference_parent": best.name,
+        "reference_sha256": best.sha256,
+        "primary": {"metric": primary.metric, "direction": primary.direction,
+                    "tasks": list(primary.tasks), "child": float(child_vec.mean()),
+                    "parents": means, "net_gain": stats},
+        "guards": guards,
+        "reasons": reasons,
+    }

@@ -1,0 +1,182 @@
+"""A generation is a folder: `generations/NAME/` with its recipe, dvc.yaml and dvc.lock.
+
+`propose` writes the folder once from a template; the dvc.yaml names every file the
+recipe composes and every parent's artifact, because DVC cannot interpolate a list of
+parents into `deps`. A lock per generation means sibling pull requests never conflict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .atomic import write_text_atomic
+from .errors import StudbookError
+from .recipes import NAME_RE, ResolvedRecipe, compose_recipe
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class GenerationPaths:
+    name: str
+
+    @property
+    def folder(self) -> Path:
+        return Path("generations") / self.name
+
+    @property
+    def recipe(self) -> Path:
+        return self.folder / "recipe.yaml"
+
+    @property
+    def dvc_yaml(self) -> Path:
+        return self.folder / "dvc.yaml"
+
+    @property
+    def bred(self) -> Path:
+        return self.folder / "bred"
+
+    @property
+    def live(self) -> Path:
+        return self.folder / "live"
+
+    @property
+    def eval(self) -> Path:
+        return self.folder / "eval"
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.json"
+
+    @property
+    def verdict(self) -> Path:
+        return self.folder / "verdict.json"
+
+    @property
+    def model(self) -> Path:
+        return Path("models") / self.name
+
+    @property
+    def card(self) -> Path:
+        return Path("cards") / f"{self.name}.md"
+
+    @property
+    def card_json(self) -> Path:
+        return Path("cards") / f"{self.name}.json"
+
+
+def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool = True) -> ResolvedRecipe:
+    """Compose and check a generation's recipe; every error names file and key."""
+    from . import methods
+
+    paths = GenerationPaths(name)
+    if not paths.recipe.is_file():
+        raise StudbookError(f"no generation named '{name}'", file=str(paths.recipe))
+    resolved = compose_recipe(paths.recipe, conf_dir)
+    recipe = resolved.recipe
+    method = methods.get(recipe.method, file=resolved.recipe_file)
+    count = len(recipe.parents)
+    if count < method.min_parents or (method.max_parents is not None and count > method.max_parents):
+        wanted = (f"{method.min_parents}" if method.min_parents == method.max_parents
+                  else f"{method.min_parents} to {method.max_parents or 'any'}")
+        raise StudbookError(f"method '{method.name}' takes {wanted} parent(s), got {count}",
+                            file=resolved.recipe_file, key="parents")
+    for index, parent in enumerate(recipe.parents):
+        if not GenerationPaths(parent).recipe.is_file():
+            raise StudbookError(f"parent '{parent}' does not exist (no generations/{parent}/)",
+                                file=resolved.recipe_file, key=f"parents[{index}]")
+    from .evaluation import task_index
+
+    tasks = task_index("tasks")
+    contract_file = resolved.group_files["contract"]
+    for index, bench in enumerate(recipe.contract.benchmarks):
+        if bench.task not in tasks:
+            raise StudbookError(f"no lm-eval task '{bench.task}' under tasks/",
+                                file=contract_file, key=f"benchmarks[{index}].task")
+    if check_deps:
+        check_declared_deps(resolved)
+    return resolved
+
+
+def check_declared_deps(resolved: ResolvedRecipe) -> None:
+    """The generation's dvc.yaml must list every file the recipe composes (else stale runs)."""
+    dvc_yaml = GenerationPaths(resolved.recipe.name).dvc_yaml
+    if not dvc_yaml.is_file():
+        return
+    declared = set()
+    for stage in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).values():
+        declared.update(str(d) for d in stage.get("deps", []))
+    for group, file in resolved.group_files.items():
+        if file not in declared:
+            raise StudbookError(f"composes {file} but {dvc_yaml} does not depend on it; "
+                                f"re-run `studbook propose {resolved.recipe.name} --refresh`",
+                                file=resolved.recipe_file, key=f"defaults.{group}")
+
+
+def render_recipe(name: str, method: str, parents: list[str], seed: int,
+                  choices: dict[str, str]) -> str:
+    lines = [f"# Generation {name}: what is bred. Runtime knobs (device, threads) never go here.",
+             "defaults:"]
+    lines += [f"  - {group}: {option}" for group, option in choices.items()]
+    lines += ["  - _self_", "", f"name: {name}", f"method: {method}",
+              f"parents: [{', '.join(parents)}]", f"seed: {seed}", ""]
+    return "\n".join(lines)
+
+
+def render_dvc_yaml(resolved: ResolvedRecipe) -> str:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+    template = env.from_string((TEMPLATES / "generation.dvc.yaml.j2").read_text())
+    recipe = resolved.recipe
+    paths = GenerationPaths(recipe.name)
+    return template.render(
+        name=recipe.name,
+        dvc_yaml=str(paths.dvc_yaml),
+        recipe_file=str(paths.recipe),
+        group_files=[resolved.group_files[g] for g in ("model", "train", "data")],
+        contract_file=resolved.group_files["contract"],
+        corpus=recipe.data.corpus,
+        parent_models=[str(GenerationPaths(p).model) for p in recipe.parents],
+        parent_evals=[str(GenerationPaths(p).eval) for p in recipe.parents],
+    )
+
+
+def propose(name: str, method: str, parents: list[str], seed: int, choices: dict[str, str],
+            conf_dir: str | Path = "conf", refresh: bool = False) -> ResolvedRecipe:
+    """Write generations/NAME/{recipe.yaml,dvc.yaml}; nothing is written on bad input."""
+    if not NAME_RE.match(name):
+        raise StudbookError(f"'{name}' is not a valid generation name "
+                            "(lower-case letters, digits, '-' or '_')", key="name")
+    paths = GenerationPaths(name)
+    if refresh:
+        if not paths.recipe.is_file():
+            raise StudbookError("nothing to refresh", file=str(paths.recipe))
+    else:
+        if paths.folder.exists():
+            raise StudbookError("generation already exists (use --refresh to rewrite its dvc.yaml)",
+                                file=str(paths.folder))
+        text = render_recipe(name, method, parents, seed, choices)
+        # validate in a scratch copy first so bad input leaves the repository untouched
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            trial = Path(scratch) / name / "recipe.yaml"
+            trial.parent.mkdir()
+            trial.write_text(text)
+            compose_recipe(trial, Path(conf_dir).resolve())
+        write_text_atomic(paths.recipe, text)
+    try:
+        resolved = load_generation(name, conf_dir, check_deps=False)
+    except StudbookError:
+        if not refresh:
+            import shutil
+
+            shutil.rmtree(paths.folder, ignore_errors=True)
+        raise
+    write_text_atomic(paths.dvc_yaml, render_dvc_yaml(resolved))
+    return resolved
