@@ -51,7 +51,7 @@ def card_context(meta: dict, results: dict, verdict: dict, contract, parent_resu
         benchmarks.append({
             "task": bench.task, "niche": bench.niche, "metric": bench.metric,
             "direction": _direction(bench.metric), "unit": UNITS[bench.metric],
-            "value": round(value, 6), "items": results[bench.task]["items"],
+            "value": round(value, 6), "n_items": results[bench.task]["items"],
             "task_version": results[bench.task]["version"],
             "task_sha256": results[bench.task]["task_sha256"], "parents": against,
         })

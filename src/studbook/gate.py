@@ -61,7 +61,7 @@ def paired_bootstrap(gain: np.ndarray, samples: int, confidence: float, seed: in
         "ci_low": float(np.quantile(means, alpha)),
         "ci_high": float(np.quantile(means, 1 - alpha)),
         "p_value": float((np.sum(means <= 0) + 1) / (samples + 1)),
-        "items": int(len(gain)),
+        "n_items": int(len(gain)),
     }
 
 
