@@ -1,0 +1,73 @@
+import copy
+import difflib
+
+import pytest
+from jinja2.exceptions import SecurityError
+
+from studbook.cards import fmt, render_card
+
+CONTEXT = {
+    "name": "founder", "kind": "model", "method": "scratch", "relation": None,
+    "verdict": "promoted", "reasons": ["net gain 5.1000 on bits_per_byte"],
+    "parents": [{"name": "uniform-byte", "sha256": None, "reference": True}],
+    "reference_parent": "uniform-byte", "contract": "stdlib_code",
+    "contract_description": "Python code", "architecture": "llama", "parameters": 3230720,
+    "seed": 1234, "recipe_sha256": "ab" * 32, "weights_sha256": "cd" * 32,
+    "tokenizer_sha256": "ef" * 32,
+    "data": {"source": "python-stdlib", "python_version": "3.11.7", "files": 1755,
+             "content_sha256": "12" * 32},
+    "versions": {"torch": "2.13.0", "lm_eval": "0.4.13"},
+    "compute": {"steps": 200, "tokens": 819200, "seconds": 201.3, "flops": 1.59e13,
+                "capped_by_seconds": False},
+    "benchmarks": [
+        {"task": "stdlib_bpb_tests", "niche": "tests", "metric": "bits_per_byte",
+         "direction": "lower", "unit": "bits/byte", "value": 2.912345, "n_items": 48,
+         "task_version": 1.0, "task_sha256": "00",
+         "parents": [{"parent": "uniform-byte", "value": 8.0, "delta": -5.087655}]},
+        {"task": "stdlib_nextline_tests", "niche": "tests", "metric": "acc",
+         "direction": "higher", "unit": "fraction correct", "value": 0.5625, "n_items": 64,
+         "task_version": 1.0, "task_sha256": "00",
+         "parents": [{"parent": "uniform-byte", "value": 0.25, "delta": 0.3125}]},
+    ],
+    "primary": {"metric": "bits_per_byte", "direction": "lower", "tasks": ["stdlib_bpb_tests"],
+                "child": 2.912345, "parents": {"uniform-byte": 8.0},
+                "net_gain": {"mean": 5.087655, "ci_low": 5.0, "ci_high": 5.2, "p_value": 0.0005,
+                             "n_items": 48}},
+    "guards": [{"task": "stdlib_nextline_tests", "metric": "acc", "child": 0.5625,
+                "parent": 0.25, "change": 0.3125, "tolerance": 0.05, "ok": True}],
+    "front_matter": {"library_name": "transformers",
+                     "model-index": [{"name": "founder", "results": []}]},
+}
+
+
+def test_same_results_render_byte_identical():
+    first = render_card(copy.deepcopy(CONTEXT))
+    second = render_card(copy.deepcopy(CONTEXT))
+    assert first.encode() == second.encode()
+    assert "| stdlib_bpb_tests | tests | bits_per_byte | 2.9123 | 8.0000 | -5.0877 | 48 |" in first
+    assert "| training tokens | 819 ktokens |" in first
+    assert first.startswith("---\nlibrary_name: transformers\n")
+
+
+def test_one_metric_changes_one_line():
+    changed = copy.deepcopy(CONTEXT)
+    changed["benchmarks"][1]["value"] = 0.578125
+    changed["benchmarks"][1]["parents"][0]["delta"] = 0.328125
+    before, after = render_card(copy.deepcopy(CONTEXT)), render_card(changed)
+    diff = [l for l in difflib.unified_diff(before.splitlines(), after.splitlines(), n=0)
+            if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+    assert diff == ["-| stdlib_nextline_tests | tests | acc | 0.5625 | 0.2500 | +0.3125 | 64 |",
+                    "+| stdlib_nextline_tests | tests | acc | 0.5781 | 0.2500 | +0.3281 | 64 |"]
+
+
+def test_strict_and_sandboxed():
+    with pytest.raises(Exception, match="undefined"):
+        render_card({"name": "x"}, template="{{ name }} {{ missing }}")
+    with pytest.raises(SecurityError):
+        render_card({}, template="{{ ''.__class__.__mro__[1].__subclasses__() }}")
+
+
+def test_fixed_precision():
+    assert fmt(2.0, "bits_per_byte") == "2.0000"
+    assert fmt(-0.00004, "bits_per_byte", signed=True) == "-0.0000"
+    assert fmt(None) == "—"

@@ -1,0 +1,144 @@
+"""Bad input fails before any compute, naming the file and the key, changing nothing."""
+
+from pathlib import Path
+
+import pytest
+
+from studbook.errors import StudbookError
+from studbook.generation import load_generation, propose
+
+PICO = {"contract": "stdlib_pico", "model": "llama_pico", "train": "pico", "data": "stdlib_all"}
+
+
+def proposed(name: str = "g1") -> Path:
+    propose(name, "scratch", [], 1, PICO)
+    return Path("generations") / name / "recipe.yaml"
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def expect(name: str, file: str, key: str | None, words: str) -> StudbookError:
+    with pytest.raises(StudbookError) as info:
+        load_generation(name)
+    error = info.value
+    assert error.file == file, str(error)
+    assert error.key == key, str(error)
+    assert words in str(error) and file in str(error)
+    return error
+
+
+def test_a_valid_recipe_loads(skeleton):
+    recipe_file = proposed()
+    resolved = load_generation("g1")
+    assert resolved.recipe.model.config["hidden_size"] == 32
+    assert resolved.group_files["model"] == "conf/model/llama_pico.yaml"
+    dvc_yaml = (recipe_file.parent / "dvc.yaml").read_text()
+    for dep in ("conf/model/llama_pico.yaml", "conf/train/pico.yaml", "conf/contract/stdlib_pico.yaml"):
+        assert dep in dvc_yaml
+
+
+def test_unknown_key_in_recipe(skeleton):
+    recipe = proposed()
+    edit(recipe, "seed: 1\n", "seed: 1\nlearning_rate: 3\n")
+    expect("g1", str(recipe), "learning_rate", "unknown key")
+
+
+def test_unknown_key_in_group_file(skeleton):
+    proposed()
+    edit(Path("conf/train/pico.yaml"), "steps: 4", "steps: 4\nepochs: 2")
+    expect("g1", "conf/train/pico.yaml", "train.epochs", "unknown key")
+
+
+def test_recipe_override_is_blamed_on_the_recipe(skeleton):
+    recipe = proposed()
+    edit(recipe, "seed: 1\n", "seed: 1\ntrain:\n  steps: -3\n")
+    expect("g1", str(recipe), "train.steps", "greater than or equal to 0")
+
+
+def test_unknown_method(skeleton):
+    recipe = proposed()
+    edit(recipe, "method: scratch", "method: frankenmerge")
+    error = expect("g1", str(recipe), "method", "unknown method 'frankenmerge'")
+    assert "scratch" in str(error)  # the known names are listed
+
+
+def test_missing_contract(skeleton):
+    recipe = proposed()
+    edit(recipe, "contract: stdlib_pico", "contract: nonexistent")
+    error = expect("g1", str(recipe), "defaults[0].contract", "no contract named 'nonexistent'")
+    assert "stdlib_code" in str(error)
+
+
+def test_missing_benchmark(skeleton):
+    proposed()
+    edit(Path("conf/contract/stdlib_pico.yaml"), "task: stdlib_bpb_tests, metric",
+         "task: stdlib_bpb_moon, metric")
+    # the primary list still names stdlib_bpb_tests: fix it so only the task is missing
+    edit(Path("conf/contract/stdlib_pico.yaml"), "tasks: [stdlib_bpb_general, stdlib_bpb_tests]",
+         "tasks: [stdlib_bpb_general, stdlib_bpb_moon]")
+    expect("g1", "conf/contract/stdlib_pico.yaml", "benchmarks[1].task", "no lm-eval task")
+
+
+def test_missing_parent(skeleton):
+    recipe = proposed()
+    edit(recipe, "method: scratch", "method: scratch")
+    edit(recipe, "parents: []", "parents: [ghost]")
+    # scratch takes no parents: the count is checked first
+    expect("g1", str(recipe), "parents", "takes 0 parent(s)")
+
+
+def test_missing_parent_is_named(skeleton, monkeypatch):
+    from studbook import methods
+
+    recipe = proposed()
+    entry = methods.get("scratch")
+    monkeypatch.setitem(methods._REGISTRY, "scratch",
+                        entry.__class__(**{**entry.__dict__, "max_parents": None}))
+    edit(recipe, "parents: []", "parents: [g1, ghost]")
+    expect("g1", str(recipe), "parents[1]", "parent 'ghost' does not exist")
+
+
+def test_malformed_yaml(skeleton):
+    recipe = proposed()
+    edit(recipe, "seed: 1\n", "seed: [1\n")
+    expect("g1", str(recipe), None, "malformed YAML")
+
+
+def test_malformed_group_yaml(skeleton):
+    proposed()
+    Path("conf/model/llama_pico.yaml").write_text("architecture: llama\n  context_length: : 3\n")
+    expect("g1", "conf/model/llama_pico.yaml", None, "malformed YAML")
+
+
+def test_wrong_type_in_contract(skeleton):
+    proposed()
+    edit(Path("conf/contract/stdlib_pico.yaml"), "direction: lower", "direction: sideways")
+    expect("g1", "conf/contract/stdlib_pico.yaml", "contract.primary.direction", "'lower' or 'higher'")
+
+
+def test_hydra_target_is_refused(skeleton):
+    recipe = proposed()
+    edit(recipe, "seed: 1\n", "seed: 1\n_target_: os.system\n")
+    expect("g1", str(recipe), "_target_", "unknown key")
+
+
+def test_stale_dvc_yaml_is_caught(skeleton):
+    recipe = proposed()
+    Path("conf/model/llama_pico2.yaml").write_text(Path("conf/model/llama_pico.yaml").read_text())
+    edit(recipe, "model: llama_pico", "model: llama_pico2")
+    expect("g1", str(recipe), "defaults.model", "--refresh")
+
+
+def test_bad_proposal_leaves_nothing(skeleton):
+    with pytest.raises(StudbookError) as info:
+        propose("g2", "scratch", [], 1, {**PICO, "contract": "nope"})
+    assert "no contract named 'nope'" in str(info.value)
+    with pytest.raises(StudbookError, match="unknown method"):
+        propose("g3", "nope", [], 1, PICO)
+    with pytest.raises(StudbookError, match="not a valid generation name"):
+        propose("Bad Name", "scratch", [], 1, PICO)
+    assert not Path("generations").exists() or not any(Path("generations").iterdir())

@@ -1,0 +1,110 @@
+"""Consistency of the shipped tree: stages, pipelines, configs, safety rules."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from studbook.artifacts import check_safe_folder
+from studbook.errors import StudbookError
+from studbook.recipes import Contract, DataSpec, ModelSpec, TrainSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = sorted((ROOT / "stages").glob("*.py"))
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda p: p.name)
+def test_stage_imports_only_the_library(stage):
+    tree = ast.parse(stage.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{stage.name}: relative import"
+            assert node.module.split(".")[0] not in {p.stem for p in STAGES} | {"stages"}
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                assert alias.name.split(".")[0] not in {p.stem for p in STAGES} | {"stages"}
+
+
+def _pipelines():
+    files = [ROOT / "dvc.yaml", ROOT / "src/studbook/templates/generation.dvc.yaml.j2"]
+    files += sorted((ROOT / "generations").glob("*/dvc.yaml"))
+    return files
+
+
+@pytest.mark.parametrize("pipeline", _pipelines(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_stage_script_exists_and_is_a_dep(pipeline):
+    text = pipeline.read_text()
+    if pipeline.suffix == ".j2":
+        from jinja2 import Environment
+
+        text = Environment().from_string(text).render(
+            name="x", dvc_yaml="d", recipe_file="r", group_files=["g"], contract_file="c",
+            corpus="data/corpus", parent_models=[], parent_evals=[])
+    stages = yaml.safe_load(text)["stages"]
+    for name, stage in stages.items():
+        script = stage["cmd"].split()[1]
+        assert (ROOT / script).is_file(), f"{name}: {script} missing"
+        assert script in stage["deps"], f"{name}: {script} not in its own deps"
+        for dep in stage["deps"]:
+            if "{" not in dep and not dep.startswith(("generations/", "models/", "data/")) \
+                    and dep not in ("r", "g", "c"):
+                assert (ROOT / dep).exists(), f"{name}: dep {dep} missing"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for stage in stages.values():
+        for key in stage.get("params", []):
+            assert key in params
+
+
+@pytest.mark.parametrize("group,model", [("contract", Contract), ("model", ModelSpec),
+                                         ("train", TrainSpec), ("data", DataSpec)])
+def test_every_shipped_config_validates(group, model):
+    files = sorted((ROOT / "conf" / group).glob("*.yaml"))
+    assert files
+    for file in files:
+        model.model_validate(yaml.safe_load(file.read_text()))
+
+
+def test_shipped_generations_validate(monkeypatch):
+    from studbook.generation import load_generation
+
+    monkeypatch.chdir(ROOT)
+    for recipe in sorted((ROOT / "generations").glob("*/recipe.yaml")):
+        assert load_generation(recipe.parent.name).recipe.name == recipe.parent.name
+
+
+def test_pickle_weights_are_refused_unopened(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "model").mkdir()
+    # a pickle whose payload would create the sentinel if anything unpickled it
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    (tmp_path / "model" / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(StudbookError, match="pickle-based weights are refused") as info:
+        check_safe_folder(tmp_path / "model")
+    assert "pytorch_model.bin" in str(info.value)
+    assert not sentinel.exists()
+
+
+def test_remote_code_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "x.Y"}}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(StudbookError, match="trust_remote_code stays off"):
+        check_safe_folder(tmp_path)
+
+
+def test_cli_help_is_instant_and_complete():
+    from typer.testing import CliRunner
+
+    from studbook.cli import app
+
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("propose", "population", "show", "check", "methods"):
+        assert command in result.output
