@@ -46,7 +46,7 @@ def test_same_results_render_byte_identical():
     assert first.encode() == second.encode()
     assert "| stdlib_bpb_tests | tests | bits_per_byte | 2.9123 | 8.0000 | -5.0877 | 48 |" in first
     assert "| training tokens | 819 ktokens |" in first
-    assert first.startswith("---\nlibrary_name: transformers\n")
+    assert first.startswith("---\nlibrary_name: transformers\nmodel-index:\n")
 
 
 def test_one_metric_changes_one_line():

@@ -93,7 +93,7 @@ def card_context(meta: dict, results: dict, verdict: dict, contract, parent_resu
 
 
 def _to_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100).rstrip("\n")
+    return yaml.safe_dump(data, sort_keys=True, allow_unicode=True, width=100).rstrip("\n")
 
 
 def render_card(context: dict[str, Any], template: str | None = None) -> str:

@@ -109,3 +109,5 @@ def check(name: str = typer.Argument(..., help="generation name")) -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:  # pragma: no cover - console entry
     app(argv)
+if __name__ == "__main__":  # python -m studbook.cli
+    app()
