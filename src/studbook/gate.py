@@ -2,7 +2,8 @@
 
 Net gain is measured on the contract's primary metric, item by item on the same items
 (a paired bootstrap over per-item differences), against the parent that scores best.
-Guarded benchmarks may not regress beyond their tolerance. A founder's reference parent
+Guarded benchmarks may not regress beyond their tolerance (paired bootstrap too: the
+regression must be shown, not a noisy dip). A founder's reference parent
 is the uniform byte model: 8 bits per byte on every item, 1/k on a k-way choice.
 """
 
@@ -98,17 +99,23 @@ def decide(child: Scores, parents: list[Scores], contract) -> dict:
     guards = []
     for guard in contract.guarded:
         guard_ids = sorted(child.items[guard.task])
-        child_value = float(child.vector(guard.task, guard.metric, guard_ids).mean())
-        parent_value = float(best.vector(guard.task, guard.metric, guard_ids).mean())
-        change = float(_signed(child_value - parent_value, guard.direction))
-        ok = change >= -guard.tolerance
-        guards.append({"task": guard.task, "metric": guard.metric, "child": child_value,
-                       "parent": parent_value, "change": change,
-                       "tolerance": guard.tolerance, "ok": ok})
+        child_items = child.vector(guard.task, guard.metric, guard_ids)
+        parent_items = best.vector(guard.task, guard.metric, guard_ids)
+        change = paired_bootstrap(_signed(child_items - parent_items, guard.direction),
+                                  contract.gate.bootstrap_samples, contract.gate.confidence,
+                                  contract.gate.seed)
+        # a regression fails the gate when it is shown beyond tolerance: the whole interval
+        # lies below -tolerance (a noisy dip on a few items is not evidence of one)
+        ok = change["ci_high"] >= -guard.tolerance
+        guards.append({"task": guard.task, "metric": guard.metric,
+                       "child": float(child_items.mean()), "parent": float(parent_items.mean()),
+                       "change": change["mean"], "change_ci_low": change["ci_low"],
+                       "change_ci_high": change["ci_high"], "tolerance": guard.tolerance, "ok": ok})
         if not ok:
             promoted = False
-            reasons.append(f"guarded {guard.task} {guard.metric} regressed by {-change:.4f} "
-                           f"(tolerance {guard.tolerance:.4f})")
+            reasons.append(f"guarded {guard.task} {guard.metric} regressed by {-change['mean']:.4f}, "
+                           f"interval [{change['ci_low']:+.4f}, {change['ci_high']:+.4f}] wholly "
+                           f"below the tolerance -{guard.tolerance:.4f}")
     if promoted:
         reasons.append(f"net gain {stats['mean']:.4f} on {primary.metric} over {best.name}, "
                        f"{contract.gate.confidence:.0%} interval [{stats['ci_low']:.4f}, "
