@@ -41,36 +41,44 @@ def test_a_valid_recipe_loads(skeleton):
         assert dep in dvc_yaml
 
 
-def test_unknown_key_in_recipe(skeleton):
-    recipe = proposed()
-    edit(recipe, "seed: 1\n", "seed: 1\nlearning_rate: 3\n")
-    expect("g1", str(recipe), "learning_rate", "unknown key")
+RECIPE = "generations/g1/recipe.yaml"
+MALFORMED_MODEL = "architecture: llama\n  context_length: : 3\n"
+
+# (file edited, old text, new text, file blamed, key blamed, words in the message);
+# old=None replaces the whole file with new.
+CASES = {
+    "unknown key in recipe": (RECIPE, "seed: 1\n", "seed: 1\nlearning_rate: 3\n",
+                              RECIPE, "learning_rate", "unknown key"),
+    "unknown key in group file": ("conf/train/pico.yaml", "steps: 4", "steps: 4\nepochs: 2",
+                                  "conf/train/pico.yaml", "train.epochs", "unknown key"),
+    "recipe override blamed on recipe": (RECIPE, "seed: 1\n", "seed: 1\ntrain:\n  steps: -3\n",
+                                         RECIPE, "train.steps", "greater than or equal to 0"),
+    "unknown method": (RECIPE, "method: scratch", "method: frankenmerge",
+                       RECIPE, "method", "unknown method 'frankenmerge' (known: scratch"),
+    "missing contract": (RECIPE, "contract: stdlib_pico", "contract: nonexistent",
+                         RECIPE, "defaults[0].contract", "no contract named 'nonexistent'"),
+    "scratch takes no parents": (RECIPE, "parents: []", "parents: [ghost]",
+                                 RECIPE, "parents", "takes 0 parent(s), got 1"),
+    "malformed recipe YAML": (RECIPE, "seed: 1\n", "seed: [1\n", RECIPE, None, "malformed YAML"),
+    "malformed group YAML": ("conf/model/llama_pico.yaml", None, MALFORMED_MODEL,
+                             "conf/model/llama_pico.yaml", None, "malformed YAML"),
+    "wrong value in contract": ("conf/contract/stdlib_pico.yaml", "direction: lower",
+                                "direction: sideways", "conf/contract/stdlib_pico.yaml",
+                                "contract.primary.direction", "'lower' or 'higher'"),
+    "hydra _target_ refused": (RECIPE, "seed: 1\n", "seed: 1\n_target_: os.system\n",
+                               RECIPE, "_target_", "unknown key"),
+}
 
 
-def test_unknown_key_in_group_file(skeleton):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_names_file_and_key(skeleton, case):
+    edited, old, new, file, key, words = CASES[case]
     proposed()
-    edit(Path("conf/train/pico.yaml"), "steps: 4", "steps: 4\nepochs: 2")
-    expect("g1", "conf/train/pico.yaml", "train.epochs", "unknown key")
-
-
-def test_recipe_override_is_blamed_on_the_recipe(skeleton):
-    recipe = proposed()
-    edit(recipe, "seed: 1\n", "seed: 1\ntrain:\n  steps: -3\n")
-    expect("g1", str(recipe), "train.steps", "greater than or equal to 0")
-
-
-def test_unknown_method(skeleton):
-    recipe = proposed()
-    edit(recipe, "method: scratch", "method: frankenmerge")
-    error = expect("g1", str(recipe), "method", "unknown method 'frankenmerge'")
-    assert "scratch" in str(error)  # the known names are listed
-
-
-def test_missing_contract(skeleton):
-    recipe = proposed()
-    edit(recipe, "contract: stdlib_pico", "contract: nonexistent")
-    error = expect("g1", str(recipe), "defaults[0].contract", "no contract named 'nonexistent'")
-    assert "stdlib_code" in str(error)
+    if old is None:
+        Path(edited).write_text(new)
+    else:
+        edit(Path(edited), old, new)
+    expect("g1", file, key, words)
 
 
 def test_missing_benchmark(skeleton):
@@ -83,14 +91,6 @@ def test_missing_benchmark(skeleton):
     expect("g1", "conf/contract/stdlib_pico.yaml", "benchmarks[1].task", "no lm-eval task")
 
 
-def test_missing_parent(skeleton):
-    recipe = proposed()
-    edit(recipe, "method: scratch", "method: scratch")
-    edit(recipe, "parents: []", "parents: [ghost]")
-    # scratch takes no parents: the count is checked first
-    expect("g1", str(recipe), "parents", "takes 0 parent(s)")
-
-
 def test_missing_parent_is_named(skeleton, monkeypatch):
     from studbook import methods
 
@@ -100,30 +100,6 @@ def test_missing_parent_is_named(skeleton, monkeypatch):
                         entry.__class__(**{**entry.__dict__, "max_parents": None}))
     edit(recipe, "parents: []", "parents: [g1, ghost]")
     expect("g1", str(recipe), "parents[1]", "parent 'ghost' does not exist")
-
-
-def test_malformed_yaml(skeleton):
-    recipe = proposed()
-    edit(recipe, "seed: 1\n", "seed: [1\n")
-    expect("g1", str(recipe), None, "malformed YAML")
-
-
-def test_malformed_group_yaml(skeleton):
-    proposed()
-    Path("conf/model/llama_pico.yaml").write_text("architecture: llama\n  context_length: : 3\n")
-    expect("g1", "conf/model/llama_pico.yaml", None, "malformed YAML")
-
-
-def test_wrong_type_in_contract(skeleton):
-    proposed()
-    edit(Path("conf/contract/stdlib_pico.yaml"), "direction: lower", "direction: sideways")
-    expect("g1", "conf/contract/stdlib_pico.yaml", "contract.primary.direction", "'lower' or 'higher'")
-
-
-def test_hydra_target_is_refused(skeleton):
-    recipe = proposed()
-    edit(recipe, "seed: 1\n", "seed: 1\n_target_: os.system\n")
-    expect("g1", str(recipe), "_target_", "unknown key")
 
 
 def test_stale_dvc_yaml_is_caught(skeleton):

@@ -41,6 +41,7 @@ def test_founder_against_uniform_reference():
     assert verdict["primary"]["net_gain"]["mean"] == pytest.approx(8.0 - 5.75)
     assert verdict["guards"][0]["parent"] == pytest.approx(0.25)
     assert uniform_scores(child).items["mc"]["m0"]["acc"] == 0.25
+    assert verdict["parent_benchmarks"] == {UNIFORM: {"bpb": 8.0, "mc": 0.25}}
 
 
 def test_noise_is_not_a_gain():
@@ -59,6 +60,7 @@ def test_gain_against_best_parent_and_guard():
     assert verdict["reference_parent"] == "strong"
     assert verdict["verdict"] == "promoted"
     assert verdict["primary"]["net_gain"]["mean"] == pytest.approx(0.1)
+    assert verdict["parent_benchmarks"]["weak"] == {"bpb": 4.0, "mc": 1.0}
     weak, strong = scores("weak", [4.0] * 20, [1] * 100), scores("strong", [3.0] * 20, [1] * 100)
     regressed = scores("child", [2.9] * 20, [1] * 75 + [0] * 25)  # acc 1.0 -> 0.75
     verdict = decide(regressed, [weak, strong], CONTRACT)

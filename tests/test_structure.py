@@ -108,3 +108,19 @@ def test_cli_help_is_instant_and_complete():
     assert result.exit_code == 0
     for command in ("propose", "population", "show", "check", "methods"):
         assert command in result.output
+
+
+@pytest.mark.parametrize("kind", ["breed", "train", "evaluate", "gate", "card"])
+def test_generation_stage_scripts_have_help_and_usage(kind):
+    import subprocess
+    import sys
+
+    script = str(ROOT / "stages" / f"{kind}.py")
+    shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.startswith(f"usage: python stages/{kind}.py NAME")
+    wrong = subprocess.run([sys.executable, script], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "usage:" in wrong.stderr
+    missing = subprocess.run([sys.executable, script, "ghost"], capture_output=True, text=True,
+                             cwd=ROOT)
+    assert missing.returncode == 1
+    assert "error: generations/ghost/recipe.yaml: no generation named 'ghost'" in missing.stderr

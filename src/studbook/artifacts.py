@@ -33,25 +33,21 @@ def build_model(spec, seed: int):
     except ValueError as exc:
         raise StudbookError(str(exc), key="model.architecture") from None
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    return model
+    return AutoModelForCausalLM.from_config(config)
 
 
 def _config_kwargs(spec, vocab_size: int, eos_id: int, offset: int) -> dict[str, Any]:
     kwargs = dict(spec.config)
     kwargs.update(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
                   pad_token_id=0)
-    # each architecture names its context length differently; set every known spelling
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
-        if key in _config_keys(spec.architecture):
-            kwargs.setdefault(key, spec.context_length)
-    return kwargs
-
-
-def _config_keys(architecture: str) -> set[str]:
+    # each architecture names its context length differently; set the spellings it has
     from transformers import AutoConfig
 
-    return set(AutoConfig.for_model(architecture).to_dict())
+    known = AutoConfig.for_model(spec.architecture).to_dict()
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        if key in known:
+            kwargs.setdefault(key, spec.context_length)
+    return kwargs
 
 
 def save_model(model, tokenizer, out_dir: str | Path) -> None:

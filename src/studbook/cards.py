@@ -37,14 +37,14 @@ def _direction(metric: str) -> str:
     return "lower" if metric == "bits_per_byte" else "higher"
 
 
-def card_context(meta: dict, results: dict, verdict: dict, contract, parent_results: dict,
-                 manifest: dict, relation: str | None) -> dict[str, Any]:
+def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: dict,
+                 relation: str | None) -> dict[str, Any]:
     """Every fact the card shows, as plain data (the JSON twin)."""
     benchmarks = []
     for bench in contract.benchmarks:
         value = results[bench.task]["metrics"][bench.metric]
         against = []
-        for parent, values in sorted(parent_results.items()):
+        for parent, values in sorted(verdict["parent_benchmarks"].items()):
             parent_value = values.get(bench.task)
             delta = None if parent_value is None else value - parent_value
             against.append({"parent": parent, "value": parent_value, "delta": delta})

@@ -37,13 +37,12 @@ def propose(
     offline()
     parent_list = [p.strip() for p in parents.split(",") if p.strip()]
     try:
-        resolved = do_propose(name, method, parent_list, seed,
+        do_propose(name, method, parent_list, seed,
                               {"contract": contract, "model": model, "train": train, "data": data},
                               refresh=refresh)
     except StudbookError as exc:
         _fail(exc)
     typer.echo(f"proposed: generations/{name}\nnext: dvc repro generations/{name}/dvc.yaml")
-    del resolved
 
 
 @app.command()

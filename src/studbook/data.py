@@ -11,11 +11,10 @@ import fnmatch
 import hashlib
 import json
 import platform
-import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -133,11 +132,3 @@ def read_split(corpus_dir: str | Path, split: str) -> list[dict]:
 
 def read_manifest(corpus_dir: str | Path) -> dict:
     return json.loads((Path(corpus_dir) / "manifest.json").read_text(encoding="utf-8"))
-
-
-def python_tag() -> str:
-    return f"{platform.python_implementation()} {platform.python_version()} ({sys.platform})"
-
-
-def niches_in(records: Iterable[dict]) -> list[str]:
-    return sorted({r["niche"] for r in records})

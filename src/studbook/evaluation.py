@@ -58,7 +58,6 @@ def item_score(metric: str, sample: dict) -> float:
 def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir: str | Path,
                    spec, context_length: int) -> dict:
     """Run lm-eval on `tasks`; return results plus per-item scores, all plain data."""
-    import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -74,7 +73,6 @@ def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir: str | Path
     check_task_hooks(task_dir)
     model = load_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    torch.manual_seed(spec.seed)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size,
               device=device(), max_length=context_length)
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
@@ -128,12 +126,15 @@ def write_evaluation(evaluation: dict, out_dir: str | Path) -> None:
                     handle.write(json.dumps(row, sort_keys=True) + "\n")
 
 
-def read_evaluation(eval_dir: str | Path) -> dict:
+def read_evaluation(eval_dir: str | Path, samples: bool = True) -> dict:
+    """results.json, plus the per-item logs unless `samples` is False."""
     eval_dir = Path(eval_dir)
     summary = json.loads((eval_dir / "results.json").read_text(encoding="utf-8"))
-    samples = {}
+    if not samples:
+        return summary
+    logs = {}
     for file in sorted((eval_dir / "samples").glob("*.jsonl")):
         with open(file, encoding="utf-8") as handle:
-            samples[file.stem] = [json.loads(line) for line in handle]
-    summary["samples"] = samples
+            logs[file.stem] = [json.loads(line) for line in handle]
+    summary["samples"] = logs
     return summary

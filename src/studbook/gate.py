@@ -120,8 +120,14 @@ def decide(child: Scores, parents: list[Scores], contract) -> dict:
         reasons.append(f"net gain {stats['mean']:.4f} on {primary.metric} over {best.name}, "
                        f"{contract.gate.confidence:.0%} interval [{stats['ci_low']:.4f}, "
                        f"{stats['ci_high']:.4f}]")
+    # every parent's score on every benchmark, on the child's items: the card's deltas
+    parent_benchmarks = {
+        p.name: {b.task: float(p.vector(b.task, b.metric, sorted(child.items[b.task])).mean())
+                 for b in contract.benchmarks if b.task in p.items}
+        for p in parents}
     return {
         "verdict": "promoted" if promoted else "rejected",
+        "parent_benchmarks": parent_benchmarks,
         "reference_parent": best.name,
         "reference_sha256": best.sha256,
         "primary": {"metric": primary.metric, "direction": primary.direction,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .atomic import atomic_dir, canonical_json, sha256_bytes, write_json_atomic
+from .atomic import atomic_dir, canonical_json, sha256_bytes, write_json_atomic, write_text_atomic
 from .generation import GenerationPaths, load_generation
 
 
@@ -19,8 +19,9 @@ def _recipe_sha256(resolved) -> str:
 
 
 def breed(name: str) -> dict:
+    """Initial weights by the recipe's method, into generations/NAME/bred."""
     from . import methods
-    from .artifacts import check_safe_folder, read_meta, weights_sha256
+    from .artifacts import check_safe_folder, weights_sha256
 
     resolved = load_generation(name)
     recipe, paths = resolved.recipe, GenerationPaths(name)
@@ -29,8 +30,7 @@ def breed(name: str) -> dict:
     parents = []
     for parent, folder in zip(recipe.parents, parent_dirs):
         check_safe_folder(folder)
-        parents.append({"name": parent, "sha256": weights_sha256(folder),
-                        "card_sha256": read_meta(folder).get("weights_sha256")})
+        parents.append({"name": parent, "sha256": weights_sha256(folder)})
     from .runtime import setup_torch
 
     setup_torch(recipe.seed)
@@ -42,6 +42,7 @@ def breed(name: str) -> dict:
 
 
 def train(name: str) -> dict:
+    """Train the bred weights within the recipe's budget, into models/NAME."""
     from dvclive import Live
 
     from .artifacts import library_versions, load_model, parameter_count, save_model, \
@@ -100,6 +101,7 @@ def train(name: str) -> dict:
 
 
 def evaluate(name: str) -> dict:
+    """Score models/NAME on the contract's lm-eval tasks, into generations/NAME/eval."""
     from .evaluation import evaluate_model, write_evaluation
     from .runtime import setup_torch
 
@@ -118,6 +120,7 @@ def evaluate(name: str) -> dict:
 
 
 def gate(name: str) -> dict:
+    """Paired-bootstrap verdict against the best parent, into generations/NAME/verdict.json."""
     from .artifacts import read_meta
     from .evaluation import read_evaluation
     from .gate import decide, scores_from_samples
@@ -142,6 +145,7 @@ def gate(name: str) -> dict:
 
 
 def card(name: str) -> dict:
+    """Render cards/NAME.md and its JSON twin (card last)."""
     from .artifacts import read_meta
     from .cards import card_context, render_card
     from .data import read_manifest
@@ -149,29 +153,18 @@ def card(name: str) -> dict:
 
     resolved = load_generation(name)
     recipe, paths = resolved.recipe, GenerationPaths(name)
-    evaluation = read_evaluation(paths.eval)
-    parent_results = {p: json.loads(GenerationPaths(p).metrics.read_text())
-                      for p in recipe.parents}
-    if not recipe.parents:  # a founder is compared with the uniform byte model
-        from .gate import UNIFORM, scores_from_samples, uniform_scores
-
-        uniform = uniform_scores(scores_from_samples(name, None, evaluation["samples"]))
-        parent_results = {UNIFORM: {
-            b.task: sum(r[b.metric] for r in uniform.items[b.task].values())
-            / len(uniform.items[b.task]) for b in recipe.contract.benchmarks}}
+    evaluation = read_evaluation(paths.eval, samples=False)
+    verdict = json.loads(paths.verdict.read_text())
     context = card_context(
         meta=read_meta(paths.model),
         results=evaluation["results"],
-        verdict=json.loads(paths.verdict.read_text()),
+        verdict=verdict,
         contract=recipe.contract,
-        parent_results=parent_results,
         manifest=read_manifest(recipe.data.corpus),
         relation=_relation(recipe.method),
     )
     text = render_card(context)
     write_json_atomic(paths.card_json, context)
-    from .atomic import write_text_atomic
-
     write_text_atomic(paths.card, text)  # card last
     return {"generation": name, "card": str(paths.card), "verdict": context["verdict"],
             "card_sha256": sha256_bytes(text.encode())}

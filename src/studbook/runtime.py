@@ -53,3 +53,26 @@ def summary(values: Mapping[str, object], stream=None) -> None:
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def run_stage(stage, argv: list[str] | None = None) -> None:
+    """Entry point of a generation stage script: `python stages/<kind>.py NAME`.
+
+    Goes offline, runs `stage(NAME)`, prints its summary; user errors (StudbookError)
+    exit with the message naming file and key, not a traceback.
+    """
+    from .errors import StudbookError
+
+    offline()
+    args = sys.argv[1:] if argv is None else argv
+    usage = f"usage: python stages/{stage.__name__}.py NAME\n{(stage.__doc__ or '').strip()}"
+    if args in (["-h"], ["--help"]):
+        print(usage)
+        return
+    if len(args) != 1:
+        print(usage, file=sys.stderr)
+        sys.exit(2)
+    try:
+        summary(stage(args[0]))
+    except StudbookError as exc:
+        sys.exit(f"error: {exc}")

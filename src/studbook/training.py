@@ -75,7 +75,7 @@ def train(model, stream: np.ndarray, spec, context_length: int, seed: int,
     model.train()
     offsets = torch.arange(window)
     start = time.perf_counter()
-    tokens, step, running, capped = 0, 0, [], False
+    tokens, done, running, capped = 0, 0, [], False
     final_loss = float("nan")
     for step in range(spec.steps):
         if spec.max_seconds and time.perf_counter() - start > spec.max_seconds:
@@ -93,6 +93,7 @@ def train(model, stream: np.ndarray, spec, context_length: int, seed: int,
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
         optimizer.step()
         tokens += batch.size(0) * context_length
+        done += 1
         running.append(loss.item())
         if (step + 1) % spec.log_every == 0 or step + 1 == spec.steps:
             elapsed = time.perf_counter() - start
@@ -106,13 +107,11 @@ def train(model, stream: np.ndarray, spec, context_length: int, seed: int,
                 live.log_metric("train/tokens_per_second", tokens / elapsed)
                 live.log_metric("train/lr", lr_at(step, spec))
                 live.next_step()
-    else:
-        step = spec.steps
     if running:
         final_loss = sum(running) / len(running)
     seconds = time.perf_counter() - start
     model.eval()
-    return TrainResult(steps=step if capped else spec.steps, tokens=tokens, seconds=seconds,
+    return TrainResult(steps=done, tokens=tokens, seconds=seconds,
                        final_loss=final_loss, capped=capped)
 
 
