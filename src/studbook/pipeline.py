@@ -8,7 +8,6 @@ outputs atomically, and returns the `key: value` summary the stage prints.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .atomic import atomic_dir, canonical_json, sha256_bytes, write_json_atomic, write_text_atomic
 from .generation import GenerationPaths, load_generation
