@@ -35,9 +35,30 @@ CONTEXT = {
                              "n_items": 48}},
     "guards": [{"task": "stdlib_nextline_tests", "metric": "acc", "child": 0.5625,
                 "parent": 0.25, "change": 0.3125, "change_ci_low": 0.2, "change_ci_high": 0.4, "tolerance": 0.05, "ok": True}],
+    "studbook_relation": "founder", "teacher": None, "base": None, "total_parameters": 3230720,
+    "retention": None,
+    "hard_examples": {"file": "hard_examples/stdlib_code/founder.jsonl", "total": 32, "new": 32},
     "front_matter": {"library_name": "transformers",
                      "model-index": [{"name": "founder", "results": []}]},
 }
+
+
+def test_adapter_card_shows_base_and_retention():
+    context = copy.deepcopy(CONTEXT)
+    context.update(name="tests-lora", kind="adapter", method="lora", relation="adapter",
+                   studbook_relation="adapter", parameters=81920, total_parameters=3312640,
+                   base={"name": "founder", "sha256": "649505f6" + "0" * 56, "path": "models/founder"},
+                   retention={"count": 32, "child": {"count": 32, "bits_per_byte": 3.51234},
+                              "parents": {"founder": {"count": 32, "bits_per_byte": 3.61}}},
+                   hard_examples={"file": "hard_examples/stdlib_code/tests-lora.jsonl",
+                                  "total": 60, "new": 28})
+    text = render_card(context)
+    assert "| kind | adapter (llama, 81,920 parameters; 3,312,640 with its base) |" in text
+    assert "| adapter base | founder `649505f60000` (pinned by sha256) |" in text
+    assert "| bred by | `lora` (adapter) |" in text
+    assert "Retention on the 32 hard examples inherited from the parents" in text
+    assert "| tests-lora | 3.5123 | 32 |" in text and "| founder | 3.6100 | 32 |" in text
+    assert "60 items, 28 new" in text
 
 
 def test_same_results_render_byte_identical():

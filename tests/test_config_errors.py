@@ -54,7 +54,7 @@ CASES = {
     "recipe override blamed on recipe": (RECIPE, "seed: 1\n", "seed: 1\ntrain:\n  steps: -3\n",
                                          RECIPE, "train.steps", "greater than or equal to 0"),
     "unknown method": (RECIPE, "method: scratch", "method: frankenmerge",
-                       RECIPE, "method", "unknown method 'frankenmerge' (known: scratch"),
+                       RECIPE, "method", "unknown method 'frankenmerge' (known: adapter_merge, dare_linear"),
     "missing contract": (RECIPE, "contract: stdlib_pico", "contract: nonexistent",
                          RECIPE, "defaults[0].contract", "no contract named 'nonexistent'"),
     "scratch takes no parents": (RECIPE, "parents: []", "parents: [ghost]",
@@ -91,15 +91,13 @@ def test_missing_benchmark(skeleton):
     expect("g1", "conf/contract/stdlib_pico.yaml", "benchmarks[1].task", "no lm-eval task")
 
 
-def test_missing_parent_is_named(skeleton, monkeypatch):
-    from studbook import methods
-
+def test_missing_parent_is_named(skeleton):
     recipe = proposed()
-    entry = methods.get("scratch")
-    monkeypatch.setitem(methods._REGISTRY, "scratch",
-                        entry.__class__(**{**entry.__dict__, "max_parents": None}))
+    edit(recipe, "method: scratch", "method: ties")
     edit(recipe, "parents: []", "parents: [g1, ghost]")
-    expect("g1", str(recipe), "parents[1]", "parent 'ghost' does not exist")
+    expect("g1", str(recipe), "parents[0]", "a generation cannot be its own parent")
+    edit(recipe, "parents: [g1, ghost]", "parents: [ghost, other]")
+    expect("g1", str(recipe), "parents[0]", "parent 'ghost' does not exist")
 
 
 def test_stale_dvc_yaml_is_caught(skeleton):

@@ -9,6 +9,7 @@ import yaml
 
 from studbook.artifacts import check_safe_folder
 from studbook.errors import StudbookError
+from studbook.ecology import Ecology
 from studbook.recipes import Contract, DataSpec, ModelSpec, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,18 +38,23 @@ def _pipelines():
 def test_every_stage_script_exists_and_is_a_dep(pipeline):
     text = pipeline.read_text()
     if pipeline.suffix == ".j2":
-        from jinja2 import Environment
+        from jinja2 import Environment, StrictUndefined
 
-        text = Environment().from_string(text).render(
+        # every branch: an adapter child with parents and a harvest stage
+        text = Environment(undefined=StrictUndefined).from_string(text).render(
             name="x", dvc_yaml="d", recipe_file="r", group_files=["g"], contract_file="c",
-            corpus="data/corpus", parent_models=[], parent_evals=[])
+            corpus="data/corpus", artifact="adapters/x", breed_deps=["src/studbook/merging.py"],
+            has_parents=True, harvest=True, hard_examples="hard_examples/c/x.jsonl",
+            hard_examples_task="hard_examples/c/x.yaml", parent_hard_examples=["hard_examples/c/p.jsonl"],
+            parent_artifacts=["models/p"], parent_evals=["generations/p/eval"])
     stages = yaml.safe_load(text)["stages"]
     for name, stage in stages.items():
         script = stage["cmd"].split()[1]
         assert (ROOT / script).is_file(), f"{name}: {script} missing"
         assert script in stage["deps"], f"{name}: {script} not in its own deps"
         for dep in stage["deps"]:
-            if "{" not in dep and not dep.startswith(("generations/", "models/", "data/")) \
+            if "{" not in dep and not dep.startswith(("generations/", "models/", "adapters/", "data/",
+                                                       "hard_examples/")) \
                     and dep not in ("r", "g", "c"):
                 assert (ROOT / dep).exists(), f"{name}: dep {dep} missing"
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -58,7 +64,8 @@ def test_every_stage_script_exists_and_is_a_dep(pipeline):
 
 
 @pytest.mark.parametrize("group,model", [("contract", Contract), ("model", ModelSpec),
-                                         ("train", TrainSpec), ("data", DataSpec)])
+                                         ("train", TrainSpec), ("data", DataSpec),
+                                         ("ecology", Ecology)])
 def test_every_shipped_config_validates(group, model):
     files = sorted((ROOT / "conf" / group).glob("*.yaml"))
     assert files

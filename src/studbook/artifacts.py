@@ -126,3 +126,44 @@ def read_meta(path: str | Path) -> dict:
     if not meta_file.is_file():
         raise StudbookError("not a studbook artifact (no studbook.json)", file=str(meta_file))
     return json.loads(meta_file.read_text(encoding="utf-8"))
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def load_base_of(adapter_dir: str | Path):
+    """The base model an adapter was trained on, checked against its pinned sha256."""
+    meta = read_meta(adapter_dir)
+    base = meta["base"]
+    found = weights_sha256(base["path"]) if Path(base["path"]).is_dir() else None
+    if found != base["sha256"]:
+        raise StudbookError(f"the adapter's base '{base['name']}' has sha256 {str(found)[:12]}…, "
+                            f"but the adapter was trained on {base['sha256'][:12]}…",
+                            file=str(Path(adapter_dir) / META_FILE), key="base.sha256")
+    return load_model(base["path"])
+
+
+def load_adapter(adapter_dir: str | Path, trainable: bool = False):
+    """Base + adapter as a PeftModel (PEFT's own loader; safetensors only)."""
+    from peft import PeftModel
+
+    check_safe_folder(adapter_dir)
+    base = load_base_of(adapter_dir)
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+
+
+def load_artifact(path: str | Path):
+    """Any population member as a plain causal LM: adapters are merged into their base."""
+    if is_adapter(path):
+        return load_adapter(path).merge_and_unload()
+    return load_model(path)
+
+
+def save_adapter(peft_model, tokenizer, out_dir: str | Path) -> None:
+    """PEFT's layout (adapter_config.json + adapter_model.safetensors), plus the tokenizer."""
+    peft_model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))

@@ -38,7 +38,7 @@ def _direction(metric: str) -> str:
 
 
 def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: dict,
-                 relation: str | None) -> dict[str, Any]:
+                 relation: str | None, evidence: dict | None = None) -> dict[str, Any]:
     """Every fact the card shows, as plain data (the JSON twin)."""
     benchmarks = []
     for bench in contract.benchmarks:
@@ -69,14 +69,26 @@ def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: d
         if relation:
             front["base_model_relation"] = relation
     front["model-index"] = model_index
+    evidence = evidence or {}
+    # seconds stay out of the front matter: a re-breed then changes one line of the card
+    steady_compute = {k: v for k, v in meta["compute"].items() if k != "seconds"}
     front["studbook"] = {
         "generation": meta["name"], "kind": meta["kind"], "method": meta["method"],
         "verdict": verdict["verdict"],
         "parents": [{k: p.get(k) for k in ("name", "sha256")} for p in parents],
         "weights_sha256": meta["weights_sha256"], "recipe_sha256": meta["recipe_sha256"],
         "contract": meta["contract"], "tokenizer_sha256": meta["tokenizer_sha256"],
-        "data": meta["data"], "versions": meta["versions"], "compute": meta["compute"],
+        "data": meta["data"], "versions": meta["versions"], "compute": steady_compute,
+        "relation": evidence.get("relation"),
     }
+    for key in ("teacher", "base"):
+        if key in meta:
+            front["studbook"][key] = {k: meta[key][k] for k in ("name", "sha256")}
+    retained = evidence.get("retention")
+    if retained:
+        retained = {"count": retained["items"],
+                    "child": _rounded(retained["child"]),
+                    "parents": {k: _rounded(v) for k, v in sorted(retained["parents"].items())}}
     return {
         "name": meta["name"], "kind": meta["kind"], "method": meta["method"],
         "relation": relation, "verdict": verdict["verdict"], "reasons": verdict["reasons"],
@@ -88,8 +100,17 @@ def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: d
         "data": {**meta["data"], "files": manifest["files"]},
         "versions": meta["versions"], "compute": meta["compute"],
         "benchmarks": benchmarks, "primary": verdict["primary"], "guards": verdict["guards"],
+        "studbook_relation": evidence.get("relation"),
+        "teacher": meta.get("teacher"), "base": meta.get("base"),
+        "total_parameters": meta.get("total_parameters", meta["parameters"]),
+        "retention": retained or None, "hard_examples": evidence.get("hard_examples"),
         "front_matter": front,
     }
+
+
+def _rounded(score: dict | None) -> dict | None:
+    return None if score is None else {"count": score["items"],
+                                       "bits_per_byte": round(score["bits_per_byte"], 6)}
 
 
 def _to_yaml(data: Any) -> str:

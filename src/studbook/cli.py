@@ -17,32 +17,82 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _parameters(text: str) -> dict:
+    """--parameters: inline YAML, or @FILE holding YAML."""
+    import yaml
+    from pathlib import Path
+
+    from .errors import StudbookError
+
+    if not text:
+        return {}
+    source = Path(text[1:]).read_text(encoding="utf-8") if text.startswith("@") else text
+    data = yaml.safe_load(source)
+    if not isinstance(data, dict):
+        raise StudbookError("--parameters must be a YAML mapping", key="parameters")
+    return data
+
+
 @app.command()
 def propose(
     name: str = typer.Argument(..., help="generation name (folder generations/NAME)"),
     method: str = typer.Option("scratch", help="breeding method (see `studbook methods`)"),
-    parents: str = typer.Option("", help="comma-separated parent generations"),
+    parents: str = typer.Option("", help="comma-separated parent generations, or 'auto' "
+                                "(chosen from the population by the contract)"),
     contract: str = typer.Option("stdlib_code", help="conf/contract/NAME.yaml"),
     model: str = typer.Option("llama_3m", help="conf/model/NAME.yaml"),
     train: str = typer.Option("founder", help="conf/train/NAME.yaml"),
     data: str = typer.Option("stdlib_all", help="conf/data/NAME.yaml"),
     seed: int = typer.Option(1234, help="seed for initialisation and data order"),
+    parameters: str = typer.Option("", help="the method's parameters: inline YAML or @FILE"),
+    from_path: str = typer.Option("", "--from", help="found the generation on this local HF model "
+                                  "folder (safetensors only; method 'import')"),
     refresh: bool = typer.Option(False, help="rewrite dvc.yaml of an existing generation"),
 ) -> None:
     """Write generations/NAME/ (recipe + dvc.yaml); then `dvc repro` breeds it."""
     from .errors import StudbookError
     from .generation import propose as do_propose
+    from .generation import propose_import
     from .runtime import offline
 
     offline()
-    parent_list = [p.strip() for p in parents.split(",") if p.strip()]
+    choices = {"contract": contract, "model": model, "train": train, "data": data}
     try:
-        do_propose(name, method, parent_list, seed,
-                              {"contract": contract, "model": model, "train": train, "data": data},
-                              refresh=refresh)
+        if from_path:
+            do_import = propose_import(name, from_path, choices, seed)
+            typer.echo(f"imported: {do_import['source']} (sha256 {do_import['sha256'][:12]}…)")
+        else:
+            selection = None
+            parent_list = [p.strip() for p in parents.split(",") if p.strip()]
+            if parent_list == ["auto"]:
+                from .population import select_parents
+
+                parent_list, selection = select_parents(method, contract)
+                typer.echo(f"parents (auto): {', '.join(parent_list)}")
+            do_propose(name, method, parent_list, seed, choices, refresh=refresh,
+                       parameters=_parameters(parameters), selection=selection)
     except StudbookError as exc:
         _fail(exc)
     typer.echo(f"proposed: generations/{name}\nnext: dvc repro generations/{name}/dvc.yaml")
+
+
+@app.command()
+def merge(
+    config: str = typer.Argument(..., help="a mergekit-format YAML whose models are local folders"),
+    out: str = typer.Argument(..., help="output folder (written atomically)"),
+    seed: int = typer.Option(0, help="seed for the random methods (DARE)"),
+) -> None:
+    """Run a mergekit YAML as-is, streaming tensor by tensor (like `mergekit-yaml`)."""
+    from .errors import StudbookError
+    from .merging import merge_from_yaml
+    from .runtime import offline, summary
+
+    offline()
+    try:
+        facts = merge_from_yaml(config, out, seed=seed)
+    except StudbookError as exc:
+        _fail(exc)
+    summary({"out": out, **{k: v for k, v in facts.items() if v is not None}})
 
 
 @app.command()
@@ -104,6 +154,31 @@ def check(name: str = typer.Argument(..., help="generation name")) -> None:
     except StudbookError as exc:
         _fail(exc)
     typer.echo(f"ok: {resolved.recipe_file} ({', '.join(f'{k}={v}' for k, v in resolved.choices.items())})")
+
+
+@app.command()
+def demo(
+    clone_dir: str = typer.Option("", "--dir", help="where to clone (default: a new temporary folder)"),
+    ecology: str = typer.Option("stdlib_code", help="conf/ecology/NAME.yaml"),
+) -> None:
+    """Breed the seed ecology in a throwaway clone, one commit per generation; print the population."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from .ecology import build
+    from .runtime import offline, progress, summary
+
+    offline()
+    target = Path(clone_dir) if clone_dir else Path(tempfile.mkdtemp(prefix="studbook-demo-")) / "studbook"
+    start = time.perf_counter()
+    timings = build(Path("conf/ecology") / f"{ecology}.yaml", target, log=progress)
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "studbook.cli", "population"], cwd=target, check=True)
+    summary({"clone": str(target), "generations": len(timings),
+             "wall_seconds": round(time.perf_counter() - start, 1),
+             **{f"seconds_{t['name']}": t["seconds"] for t in timings}})
 
 
 def main(argv: Optional[list[str]] = None) -> None:  # pragma: no cover - console entry

@@ -62,7 +62,7 @@ def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir: str | Path
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from .artifacts import load_model
+    from .artifacts import load_artifact
     from .runtime import device
     from .tokenizer import load_tokenizer
 
@@ -71,7 +71,7 @@ def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir: str | Path
         if task not in known:
             raise StudbookError(f"no lm-eval task '{task}' under {task_dir}")
     check_task_hooks(task_dir)
-    model = load_model(model_dir)
+    model = load_artifact(model_dir)  # an adapter is merged into its (sha256-checked) base
     tokenizer = load_tokenizer(model_dir)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size,
               device=device(), max_length=context_length)

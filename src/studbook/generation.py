@@ -59,6 +59,17 @@ class GenerationPaths:
     def model(self) -> Path:
         return Path("models") / self.name
 
+    def artifact(self, kind: str) -> Path:
+        from .refs import artifact_dir
+
+        return artifact_dir(self.name, kind)
+
+    def hard_examples(self, contract: str) -> Path:
+        return Path("hard_examples") / contract / f"{self.name}.jsonl"
+
+    def hard_examples_task(self, contract: str) -> Path:
+        return Path("hard_examples") / contract / f"{self.name}.yaml"
+
     @property
     def card(self) -> Path:
         return Path("cards") / f"{self.name}.md"
@@ -84,10 +95,28 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
                   else f"{method.min_parents} to {method.max_parents or 'any'}")
         raise StudbookError(f"method '{method.name}' takes {wanted} parent(s), got {count}",
                             file=resolved.recipe_file, key="parents")
+    from .config import validate
+    from .refs import resolve_parent
+
+    params = validate(method.parameters, recipe.parameters, file=resolved.recipe_file,
+                      prefix="parameters")
+    if len(set(recipe.parents)) != len(recipe.parents):
+        raise StudbookError("a parent is named twice", file=resolved.recipe_file, key="parents")
     for index, parent in enumerate(recipe.parents):
+        if parent == name:
+            raise StudbookError("a generation cannot be its own parent",
+                                file=resolved.recipe_file, key=f"parents[{index}]")
         if not GenerationPaths(parent).recipe.is_file():
             raise StudbookError(f"parent '{parent}' does not exist (no generations/{parent}/)",
                                 file=resolved.recipe_file, key=f"parents[{index}]")
+        kind = resolve_parent(parent, conf_dir).kind
+        if kind not in method.parent_kinds:
+            raise StudbookError(f"method '{method.name}' takes {' or '.join(method.parent_kinds)} "
+                                f"parents, but '{parent}' is an {kind}",
+                                file=resolved.recipe_file, key=f"parents[{index}]")
+    resolved = resolved.model_copy(update={"parameters": params, "kind": method.kind(params)})
+    if hasattr(params, "check_against"):  # parameters that name parents (merges)
+        params.check_against(recipe.parents, file=resolved.recipe_file)
     from .evaluation import task_index
 
     tasks = task_index("tasks")
@@ -96,9 +125,20 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
         if bench.task not in tasks:
             raise StudbookError(f"no lm-eval task '{bench.task}' under tasks/",
                                 file=contract_file, key=f"benchmarks[{index}].task")
+    harvest = recipe.contract.harvest
+    for index, task in enumerate(harvest.tasks if harvest else []):
+        if task not in tasks:
+            raise StudbookError(f"no lm-eval task '{task}' under tasks/",
+                                file=contract_file, key=f"harvest.tasks[{index}]")
     if check_deps:
         check_declared_deps(resolved)
     return resolved
+
+
+def parents_of(resolved: ResolvedRecipe, conf_dir: str | Path = "conf") -> list:
+    from .refs import resolve_parent
+
+    return [resolve_parent(p, conf_dir) for p in resolved.recipe.parents]
 
 
 def check_declared_deps(resolved: ResolvedRecipe) -> None:
@@ -117,13 +157,21 @@ def check_declared_deps(resolved: ResolvedRecipe) -> None:
 
 
 def render_recipe(name: str, method: str, parents: list[str], seed: int,
-                  choices: dict[str, str]) -> str:
+                  choices: dict[str, str], parameters: dict | None = None,
+                  selection: dict | None = None, overrides: dict | None = None) -> str:
     lines = [f"# Generation {name}: what is bred. Runtime knobs (device, threads) never go here.",
              "defaults:"]
     lines += [f"  - {group}: {option}" for group, option in choices.items()]
     lines += ["  - _self_", "", f"name: {name}", f"method: {method}",
-              f"parents: [{', '.join(parents)}]", f"seed: {seed}", ""]
-    return "\n".join(lines)
+              f"parents: [{', '.join(parents)}]", f"seed: {seed}"]
+    text = "\n".join(lines) + "\n"
+    for key, value in (("parameters", parameters), ("selection", selection)):
+        if value:
+            text += yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False)
+    if overrides:
+        text += "# overrides of the composed groups\n"
+        text += yaml.safe_dump(overrides, sort_keys=False, default_flow_style=False)
+    return text
 
 
 def render_dvc_yaml(resolved: ResolvedRecipe) -> str:
@@ -134,20 +182,32 @@ def render_dvc_yaml(resolved: ResolvedRecipe) -> str:
     template = env.from_string((TEMPLATES / "generation.dvc.yaml.j2").read_text())
     recipe = resolved.recipe
     paths = GenerationPaths(recipe.name)
+    parents = parents_of(resolved)
+    contract = resolved.contract_name
+    extra_breed = getattr(resolved.parameters, "breed_deps", lambda: [])()
     return template.render(
         name=recipe.name,
+        artifact=str(paths.artifact(resolved.kind)),
+        breed_deps=[str(d) for d in extra_breed],
+        has_parents=bool(parents),
+        harvest=recipe.contract.harvest is not None,
+        hard_examples=str(paths.hard_examples(contract)),
+        hard_examples_task=str(paths.hard_examples_task(contract)),
+        parent_hard_examples=[str(GenerationPaths(p.name).hard_examples(contract)) for p in parents
+                              if recipe.contract.harvest is not None],
         dvc_yaml=str(paths.dvc_yaml),
         recipe_file=str(paths.recipe),
         group_files=[resolved.group_files[g] for g in ("model", "train", "data")],
         contract_file=resolved.group_files["contract"],
         corpus=recipe.data.corpus,
-        parent_models=[str(GenerationPaths(p).model) for p in recipe.parents],
-        parent_evals=[str(GenerationPaths(p).eval) for p in recipe.parents],
+        parent_artifacts=[str(p.path) for p in parents],
+        parent_evals=[str(p.eval_dir) for p in parents],
     )
 
 
 def propose(name: str, method: str, parents: list[str], seed: int, choices: dict[str, str],
-            conf_dir: str | Path = "conf", refresh: bool = False) -> ResolvedRecipe:
+            conf_dir: str | Path = "conf", refresh: bool = False, parameters: dict | None = None,
+            selection: dict | None = None, overrides: dict | None = None) -> ResolvedRecipe:
     """Write generations/NAME/{recipe.yaml,dvc.yaml}; nothing is written on bad input."""
     if not NAME_RE.match(name):
         raise StudbookError(f"'{name}' is not a valid generation name "
@@ -160,7 +220,7 @@ def propose(name: str, method: str, parents: list[str], seed: int, choices: dict
         if paths.folder.exists():
             raise StudbookError("generation already exists (use --refresh to rewrite its dvc.yaml)",
                                 file=str(paths.folder))
-        text = render_recipe(name, method, parents, seed, choices)
+        text = render_recipe(name, method, parents, seed, choices, parameters, selection, overrides)
         # validate in a scratch copy first so bad input leaves the repository untouched
         import tempfile
 
@@ -180,3 +240,43 @@ def propose(name: str, method: str, parents: list[str], seed: int, choices: dict
         raise
     write_text_atomic(paths.dvc_yaml, render_dvc_yaml(resolved))
     return resolved
+
+
+def _fetch_hub(repo_id: str, name: str) -> Path:
+    """A hub id, where the network allows: safetensors, configs and tokenizer files only."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise StudbookError(f"'{repo_id}' is not a local folder and the hub is offline "
+                            "(HF_HUB_OFFLINE=1)", key="from")
+    from huggingface_hub import snapshot_download
+
+    target = Path("sources") / name
+    try:
+        snapshot_download(repo_id, local_dir=str(target),
+                          allow_patterns=["*.safetensors", "*.json", "*.txt", "tokenizer.model"])
+    except Exception as exc:  # network, auth, unknown repo
+        raise StudbookError(f"cannot fetch '{repo_id}' from the hub: {exc}", key="from") from None
+    return target
+
+
+def propose_import(name: str, source: str, choices: dict[str, str], seed: int,
+                   conf_dir: str | Path = "conf") -> dict:
+    """A founder generation that imports an existing model folder, pinned by sha256."""
+    import json
+
+    from .artifacts import check_safe_folder, weights_sha256
+
+    folder = Path(source)
+    if not folder.is_dir():
+        folder = _fetch_hub(source, name)
+    check_safe_folder(folder)  # pickle files and auto_map refused before anything is read
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    context = next((config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                    if isinstance(config.get(k), int)), 512)
+    params = {"source": str(folder.resolve()), "sha256": weights_sha256(folder)}
+    choices = {**choices, "model": "imported", "train": "none"}
+    overrides = {"model": {"architecture": str(config.get("model_type")),
+                           "context_length": min(int(context), 512)}}
+    propose(name, "import", [], seed, choices, conf_dir, parameters=params, overrides=overrides)
+    return params

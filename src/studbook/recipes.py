@@ -57,6 +57,19 @@ class DataSpec(Strict):
     corpus: str = Field(description="folder written by the prepare_data stage")
     split: Literal["train"] = "train"
     niches: list[str] | None = Field(default=None, description="restrict to these niches")
+    hard_examples: float = Field(default=0.0, ge=0, le=1, description=(
+        "fraction of training sequences drawn from the hard examples the parents' lineage "
+        "harvested for this contract"))
+    replay: float = Field(default=0.0, ge=0, le=1, description=(
+        "fraction of training sequences drawn from mining items the parents score best on "
+        "(so a child learns its niche without forgetting)"))
+    replay_items: int = Field(default=32, gt=0, description="items replayed, per parent")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "DataSpec":
+        if self.hard_examples + self.replay > 1:
+            raise ValueError("hard_examples + replay may not exceed 1")
+        return self
 
 
 class Benchmark(Strict):
@@ -97,6 +110,12 @@ class EvaluationSpec(Strict):
     seed: int = 1234
 
 
+class HarvestSpec(Strict):
+    tasks: list[str] = Field(min_length=1, description=(
+        "bits-per-byte lm-eval tasks over the *mining* split (never the held-out one)"))
+    per_task: int = Field(default=8, gt=0, description="hardest new items kept per task")
+
+
 class Contract(Strict):
     """conf/contract/*.yaml: what a member must satisfy to be useful."""
 
@@ -107,10 +126,16 @@ class Contract(Strict):
     compatibility: Compatibility
     gate: GateSpec = GateSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
+    harvest: HarvestSpec | None = None
 
     @model_validator(mode="after")
     def _known_tasks(self) -> "Contract":
         names = {b.task for b in self.benchmarks}
+        if self.harvest:
+            for task in self.harvest.tasks:
+                if task in names:
+                    raise ValueError(f"harvest task '{task}' is also a benchmark: hard "
+                                     "examples come from the mining split, never the held-out one")
         for task in self.primary.tasks:
             if task not in names:
                 raise ValueError(f"primary task '{task}' is not among benchmarks")
@@ -125,6 +150,10 @@ class Recipe(Strict):
     method: str
     parents: list[str] = Field(default_factory=list)
     seed: int
+    parameters: dict[str, Any] = Field(default_factory=dict, description=(
+        "the method's own parameters, validated by the method's schema"))
+    selection: dict[str, Any] | None = Field(default=None, description=(
+        "how `--parents auto` chose the parents, and why (written by propose)"))
     contract: Contract
     model: ModelSpec
     train: TrainSpec
@@ -141,6 +170,8 @@ class ResolvedRecipe(BaseModel):
     group_files: dict[str, str]  # group -> conf/<group>/<option>.yaml
     choices: dict[str, str]  # group -> option name
     resolved: dict[str, Any]  # the composed config, plain data
+    parameters: Any = None  # the method's typed parameters (set by load_generation)
+    kind: str = "model"  # the artifact this generation produces: model or adapter
 
     @property
     def contract_name(self) -> str:

@@ -55,18 +55,52 @@ def lr_at(step: int, spec) -> float:
     return floor + (spec.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress_ratio))
 
 
-def train(model, stream: np.ndarray, spec, context_length: int, seed: int,
-          live=None) -> TrainResult:
-    """Train `model` in place on random windows of `stream`."""
+def texts_stream(texts: list[str]) -> np.ndarray:
+    """Short documents (hard examples, replayed items) as one id stream."""
+    parts = []
+    for text in texts:
+        parts += [np.array([EOS_ID], dtype=np.int64), encode_bytes(text)]
+    return np.concatenate(parts).astype(np.uint16) if parts else np.zeros(0, dtype=np.uint16)
+
+
+def distillation_loss(student_logits, teacher_logits, targets, temperature: float,
+                      kl_weight: float):
+    """kl_weight * T^2 * KL(teacher_T || student_T) + (1 - kl_weight) * CE, per token (nats)."""
+    import torch.nn.functional as F
+
+    vocab = student_logits.size(-1)
+    student = student_logits.reshape(-1, vocab).float()
+    teacher = teacher_logits.reshape(-1, vocab).float()
+    ce = F.cross_entropy(student, targets.reshape(-1))
+    kl = F.kl_div(F.log_softmax(student / temperature, dim=-1),
+                  F.log_softmax(teacher / temperature, dim=-1),
+                  log_target=True, reduction="batchmean") * temperature ** 2
+    return kl_weight * kl + (1 - kl_weight) * ce, ce
+
+
+def train(model, stream, spec, context_length: int, seed: int,
+          live=None, teacher=None, distill=None) -> TrainResult:
+    """Train `model` in place on random windows of `stream`.
+
+    `stream` is one id array, or a list of (array, fraction) sources: each sequence of a
+    batch then comes from a source drawn with those probabilities (seeded). With a
+    `teacher`, the loss is the distillation loss of `distill` (temperature, kl_weight);
+    `final_loss` stays the cross-entropy so runs compare. Only parameters that require
+    gradients are trained (a PEFT model trains its adapter only).
+    """
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    data = torch.from_numpy(stream.astype(np.int64))
     window = context_length + 1
-    if len(data) <= window:
-        raise ValueError(f"corpus of {len(data)} tokens is shorter than one window ({window})")
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    sources = [(stream, 1.0)] if isinstance(stream, np.ndarray) else [s for s in stream if s[1] > 0]
+    datas = [torch.from_numpy(s.astype(np.int64)) for s, _ in sources]
+    for data in datas:
+        if len(data) <= window:
+            raise ValueError(f"a training source of {len(data)} tokens is shorter than one window ({window})")
+    probabilities = torch.tensor([f for _, f in sources], dtype=torch.float64)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": spec.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
@@ -83,18 +117,23 @@ def train(model, stream: np.ndarray, spec, context_length: int, seed: int,
             break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, spec)
-        starts = torch.randint(0, len(data) - window, (spec.batch_size,), generator=generator)
-        batch = data[starts[:, None] + offsets]
+        batch = _batch(datas, probabilities, spec.batch_size, window, offsets, generator)
         logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1))
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=batch[:, :-1], use_cache=False).logits
+            loss, ce = distillation_loss(logits, teacher_logits, batch[:, 1:],
+                                         distill.temperature, distill.kl_weight)
+        else:
+            loss = ce = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trainable, spec.grad_clip)
         optimizer.step()
         tokens += batch.size(0) * context_length
         done += 1
-        running.append(loss.item())
+        running.append(ce.item())
         if (step + 1) % spec.log_every == 0 or step + 1 == spec.steps:
             elapsed = time.perf_counter() - start
             final_loss = sum(running) / len(running)
@@ -113,6 +152,22 @@ def train(model, stream: np.ndarray, spec, context_length: int, seed: int,
     model.eval()
     return TrainResult(steps=done, tokens=tokens, seconds=seconds,
                        final_loss=final_loss, capped=capped)
+
+
+def _batch(datas, probabilities, batch_size: int, window: int, offsets, generator):
+    import torch
+
+    if len(datas) == 1:  # one source: no draw, so single-source runs keep their exact stream
+        data = datas[0]
+        starts = torch.randint(0, len(data) - window, (batch_size,), generator=generator)
+        return data[starts[:, None] + offsets]
+    choice = torch.multinomial(probabilities, batch_size, replacement=True, generator=generator)
+    rows = []
+    for source in choice.tolist():
+        data = datas[source]
+        start = torch.randint(0, len(data) - window, (1,), generator=generator)
+        rows.append(data[start + offsets])
+    return torch.stack(rows)
 
 
 def flops_estimate(parameters: int, tokens: int) -> float:

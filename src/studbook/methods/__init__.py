@@ -1,8 +1,10 @@
 """Breeding methods: how a child's initial weights are made from its parents.
 
 One file per method, registered by a decorator. The registry refuses duplicates and
-lists the known names on a miss; metadata lives on the entry so cards and checks never
-special-case a method.
+lists the known names on a miss; metadata lives on the entry (parameter schema, what
+kind of artifact it makes, which parents it accepts, its relation for cards, whether
+its parents teach during training) so pipeline, checks and cards never special-case a
+method.
 """
 
 from __future__ import annotations
@@ -10,40 +12,69 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import StudbookError
+
+
+class NoParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    breed: Callable  # (recipe, parents: list[Path], out_dir: Path) -> dict of facts
+    # breed(ctx: BreedContext) -> dict of facts; writes initial weights into ctx.out_dir
+    breed: Callable
     min_parents: int
     max_parents: int | None
     base_model_relation: str | None  # Hugging Face card vocabulary; None for founders
+    relation: str  # studbook's own: founder, import, finetune, adapter, merge, distillation
     deterministic: bool
     description: str
+    parameters: type[BaseModel] = NoParameters  # schema of the recipe's `parameters`
+    parent_kinds: tuple[str, ...] = ("model",)  # artifact kinds accepted as parents
+    kind: Callable[[Any], str] = lambda params: "model"  # artifact kind the child is
+    teaches: bool = False  # parents[0] is a teacher during training (distillation)
+    check: Callable | None = None  # extra compatibility check(ctx, file) before compute
+    uses_model_spec: bool = False  # the child is built from the recipe's `model` group
 
 
 _REGISTRY: dict[str, Method] = {}
 
 
 def register(name: str, *, min_parents: int, max_parents: int | None,
-             base_model_relation: str | None, deterministic: bool = True,
-             description: str = "") -> Callable:
+             base_model_relation: str | None, relation: str, deterministic: bool = True,
+             description: str = "", parameters: type[BaseModel] = NoParameters,
+             parent_kinds: tuple[str, ...] = ("model",), kind: Callable[[Any], str] | None = None,
+             teaches: bool = False, check: Callable | None = None,
+             uses_model_spec: bool = False) -> Callable:
     def wrap(fn: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise ValueError(f"breeding method '{name}' is registered twice")
-        _REGISTRY[name] = Method(name, fn, min_parents, max_parents, base_model_relation,
-                                 deterministic, description or (fn.__doc__ or "").strip())
+        add(Method(name, fn, min_parents, max_parents, base_model_relation, relation,
+                   deterministic, description or (fn.__doc__ or "").strip().splitlines()[0],
+                   parameters, parent_kinds, kind or (lambda params: "model"), teaches, check,
+                   uses_model_spec))
         return fn
     return wrap
 
 
+def add(method: Method) -> None:
+    if method.name in _REGISTRY:
+        raise ValueError(f"breeding method '{method.name}' is registered twice")
+    _REGISTRY[method.name] = method
+
+
+_LOADED = False
+
+
 def _load_all() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 def known() -> list[str]:
