@@ -122,15 +122,65 @@ def _read(file: Path, name: str):
         return handle.get_tensor(name)
 
 
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+# safetensors dtype names <-> torch, and their sizes in bytes
+_ST_DTYPES = {"F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+              "F64": ("float64", 8)}
+_TORCH_TO_ST = {name: (code, size) for code, (name, size) in _ST_DTYPES.items()}
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file tensor by tensor, in the order of the planned header.
+
+    safetensors' own `save_file` needs every tensor in memory and serialises a full copy;
+    a merge knows every output shape and dtype up front (from its inputs' headers), so
+    the header is written first and each merged tensor is appended and dropped. The
+    file is read back by safetensors itself, which checks the offsets.
+    """
+
+    def __init__(self, path: Path, plan: dict[str, tuple[tuple[int, ...], str]]):
+        import json
+        import math
+
+        self.path, self.order, self.written = Path(path), list(plan), 0
+        header, offset = {}, 0
+        self.dtypes = {}
+        for name, (shape, dtype) in plan.items():
+            code, size = _TORCH_TO_ST[dtype] if dtype in _TORCH_TO_ST else (dtype, _ST_DTYPES[dtype][1])
+            self.dtypes[name] = _ST_DTYPES[code][0]
+            length = math.prod(shape) * size
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + length]}
+            offset += length
+        header["__metadata__"] = {"format": "pt"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+        self.header = raw
+
+    def __enter__(self) -> "SafetensorsWriter":
+        self.handle = open(self.path, "wb")
+        self.handle.write(len(self.header).to_bytes(8, "little") + self.header)
+        return self
+
+    def write(self, name: str, tensor) -> None:
+        import torch
+
+        expected = self.order[self.written]
+        if name != expected:
+            raise RuntimeError(f"tensor '{name}' written out of order (expected '{expected}')")
+        tensor = tensor.to(getattr(torch, self.dtypes[name])).contiguous()
+        if tensor.numel():  # a byte view of the tensor: no copy
+            self.handle.write(tensor.reshape(-1).view(torch.uint8).numpy())
+        self.written += 1
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.handle.close()
+        if kind is None and self.written != len(self.order):
+            raise RuntimeError(f"{self.written} of {len(self.order)} tensors written")
 
 
 def run_merge(config: MergeConfig, resolve: Callable[[str], Path], out_dir: str | Path,
               seed: int = 0, on_tensor: Callable[[int, int, str], None] | None = None) -> dict:
     """Merge into `out_dir` (weights, config, tokenizer); `resolve` maps a model name to a folder."""
     import torch
-    from safetensors.torch import save_file
-
     from . import merges
 
     method = merges.get(config.merge_method)
@@ -148,30 +198,32 @@ def run_merge(config: MergeConfig, resolve: Callable[[str], Path], out_dir: str 
     torch.manual_seed(seed)  # the random methods (DARE) draw from torch's generator
     out_dtype = getattr(torch, config.out_dtype or config.dtype) if (config.out_dtype or config.dtype) else None
     work_dtype = getattr(torch, config.dtype) if config.dtype else None
-    output: dict[str, Any] = {}
     tensor_names = list(headers[reference])
-    for index, tensor_name in enumerate(tensor_names):
-        def load(model: str):
-            tensor = _read(files[model], tensor_name)
-            return tensor.to(work_dtype) if work_dtype else tensor
-        base = load(base_name) if base_name else None
-        tensors = [load(e.model) for e in entries]
-        per_model = []
-        for entry in entries:
-            params = {}
-            for key, default in method.per_model.items():
-                value = entry.parameters.get(key, config.parameters.get(key, default))
-                params[key] = _resolve(value, tensor_name)
-            per_model.append(params)
-        shared = {key: _resolve(config.parameters.get(key, default), tensor_name)
-                  for key, default in method.shared.items()}
-        merged = method.merge(base, tensors, per_model, shared)
-        output[tensor_name] = (merged.to(out_dtype) if out_dtype else merged).contiguous()
-        del base, tensors, merged
-        if on_tensor:
-            on_tensor(index + 1, len(tensor_names), tensor_name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(output, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    writer = SafetensorsWriter(out_dir / "model.safetensors", {
+        name: (headers[reference][name][0], config.out_dtype or config.dtype or headers[reference][name][1])
+        for name in tensor_names})
+    with writer:
+        for index, tensor_name in enumerate(tensor_names):
+            def load(model: str):
+                tensor = _read(files[model], tensor_name)
+                return tensor.to(work_dtype) if work_dtype else tensor
+            base = load(base_name) if base_name else None
+            tensors = [load(e.model) for e in entries]
+            per_model = []
+            for entry in entries:
+                params = {}
+                for key, default in method.per_model.items():
+                    value = entry.parameters.get(key, config.parameters.get(key, default))
+                    params[key] = _resolve(value, tensor_name)
+                per_model.append(params)
+            shared = {key: _resolve(config.parameters.get(key, default), tensor_name)
+                      for key, default in method.shared.items()}
+            merged = method.merge(base, tensors, per_model, shared)
+            writer.write(tensor_name, merged.to(out_dtype) if out_dtype else merged)
+            del base, tensors, merged
+            if on_tensor:
+                on_tensor(index + 1, len(tensor_names), tensor_name)
     source = resolve(reference)
     for extra in ("config.json", "generation_config.json", "tokenizer.json",
                   "tokenizer_config.json", "special_tokens_map.json"):

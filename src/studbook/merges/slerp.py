@@ -18,6 +18,7 @@ def slerp(t: float, v0, v1):
     import torch
 
     work = torch.float64 if v0.dtype == torch.float64 else torch.float32
+    t = torch.tensor(t, dtype=work)  # 1 - t in the working precision, as mergekit computes it
     a = v0.reshape(1, -1).to(work)
     b = v1.reshape(1, -1).to(work)
     norm_a = torch.linalg.vector_norm(a, dim=1, keepdim=True)

@@ -1,0 +1,192 @@
+"""Full-weight merges on pico models of two architectures.
+
+mergekit-format YAML files run as-is through studbook and through mergekit itself
+(installed in the test environment): the deterministic methods must give the same
+tensors, bit for bit. DARE is checked against its definition with a fixed seed, and
+SLERP against the textbook formula.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from studbook.artifacts import build_model, save_model
+from studbook.errors import StudbookError
+from studbook.merging import merge_from_yaml, parse_config
+from studbook.merges.slerp import slerp
+from studbook.recipes import ModelSpec
+from studbook.tokenizer import build_tokenizer
+
+from conftest import ROOT
+
+ARCHITECTURES = ["llama_pico", "gpt2_pico"]
+
+
+def make_family(root, arch: str) -> dict[str, str]:
+    """A base and two children that differ from it by small random task vectors."""
+    spec = ModelSpec.model_validate(yaml.safe_load((ROOT / f"conf/model/{arch}.yaml").read_text()))
+    folders = {}
+    for index, name in enumerate(["base", "a", "b"]):
+        model = build_model(spec, seed=0)
+        if name != "base":
+            generator = torch.Generator().manual_seed(100 + index)
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
+        folders[name] = str(root / name)
+        save_model(model, build_tokenizer(spec.context_length), folders[name])
+    return folders
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def family(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    return root, make_family(root, request.param)
+
+
+CONFIGS = {
+    "linear": {"merge_method": "linear", "dtype": "float32", "models": [
+        {"model": "a", "parameters": {"weight": 0.7}}, {"model": "b", "parameters": {"weight": 0.4}}]},
+    "task_arithmetic": {"merge_method": "task_arithmetic", "base_model": "base", "dtype": "float32",
+                        "parameters": {"lambda": 0.9}, "models": [
+        {"model": "a", "parameters": {"weight": 0.7}}, {"model": "b", "parameters": {"weight": 0.4}}]},
+    "ties": {"merge_method": "ties", "base_model": "base", "dtype": "float32",
+             "parameters": {"normalize": True}, "models": [
+        {"model": "a", "parameters": {"weight": 0.7, "density": 0.5}},
+        {"model": "b", "parameters": {"weight": 0.4, "density": 0.3}}]},
+    "slerp": {"merge_method": "slerp", "base_model": "base", "dtype": "float32",
+              "parameters": {"t": [{"filter": "attn", "value": 0.3}, {"value": 0.6}]},
+              "models": [{"model": "base"}, {"model": "b"}]},
+}
+
+
+def write_config(root, folders, config: dict, name: str):
+    text = yaml.safe_dump(config, sort_keys=False)
+    for key, folder in folders.items():  # model names -> local folders, as mergekit reads them
+        text = text.replace(f"model: {key}\n", f"model: {folder}\n")
+        text = text.replace(f"base_model: {key}\n", f"base_model: {folder}\n")
+    path = root / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_mergekit_recipe_gives_mergekit_tensors(family, method):
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    root, folders = family
+    config_file = write_config(root, folders, CONFIGS[method], method)
+    facts = merge_from_yaml(config_file, root / f"studbook_{method}")
+    run_merge(MergeConfiguration.model_validate(yaml.safe_load(config_file.read_text())),
+              str(root / f"mergekit_{method}"),
+              MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
+    ours = load_file(str(root / f"studbook_{method}" / "model.safetensors"))
+    theirs = load_file(str(root / f"mergekit_{method}" / "model.safetensors"))
+    assert sorted(ours) == sorted(theirs) and facts["tensors"] == len(ours)
+    for name in theirs:
+        assert torch.equal(ours[name], theirs[name]), f"{method}: {name} differs"
+    # and the merge did something: not a copy of any input
+    base = load_file(str(root / "base" / "model.safetensors"))
+    assert any(not torch.equal(ours[n], base[n]) for n in base)
+
+
+def _dare_reference(base, deltas, weights, density, seed, elect_sign):
+    """DARE by its definition (Yu et al. 2024): keep each entry with probability p, scale by
+    1/p; then sum (dare_linear) or elect signs and average agreeing entries (dare_ties)."""
+    torch.manual_seed(seed)
+    out = {}
+    for name in base:
+        rescaled = []
+        for delta in deltas:
+            keep = torch.bernoulli(torch.full_like(delta[name], density))
+            rescaled.append(delta[name] * keep / density)
+        stacked = torch.stack(rescaled) * torch.tensor(weights).view(-1, *[1] * base[name].dim())
+        if elect_sign:
+            sign = torch.where(stacked.sum(0) >= 0, 1.0, -1.0)
+            agree = (stacked.sign() == sign).float()
+            out[name] = base[name] + (stacked * agree).sum(0)
+        else:
+            out[name] = base[name] + stacked.sum(0)
+    return out
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+def test_dare_matches_its_definition_with_a_fixed_seed(family, method):
+    root, folders = family
+    config = {"merge_method": method, "base_model": "base", "models": [
+        {"model": "a", "parameters": {"weight": 0.6, "density": 0.4}},
+        {"model": "b", "parameters": {"weight": 0.5, "density": 0.4}}]}
+    config_file = write_config(root, folders, config, method)
+    merge_from_yaml(config_file, root / f"{method}_s7", seed=7)
+    merge_from_yaml(config_file, root / f"{method}_s7_again", seed=7)
+    merge_from_yaml(config_file, root / f"{method}_s8", seed=8)
+    first = load_file(str(root / f"{method}_s7" / "model.safetensors"))
+    again = load_file(str(root / f"{method}_s7_again" / "model.safetensors"))
+    other = load_file(str(root / f"{method}_s8" / "model.safetensors"))
+    base = load_file(folders["base"] + "/model.safetensors")
+    deltas = [{n: t - base[n] for n, t in load_file(folders[k] + "/model.safetensors").items()}
+              for k in ("a", "b")]
+    expected = _dare_reference(base, deltas, [0.6, 0.5], 0.4, 7, method == "dare_ties")
+    kept = total = 0
+    for name in base:
+        assert torch.equal(first[name], again[name])  # same seed, same tensors
+        torch.testing.assert_close(first[name], expected[name], rtol=1e-6, atol=1e-7)
+        change = first[name] - base[name]
+        kept += int((change != 0).sum())
+        total += change.numel()
+    assert any(not torch.equal(first[n], other[n]) for n in base)  # the seed matters
+    # each entry survives in at least one of two models with probability 1 - 0.6^2 = 0.64
+    assert abs(kept / total - 0.64) < 0.03
+
+
+def test_slerp_is_the_textbook_formula():
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    half = slerp(0.5, a, b)
+    # theta = 90 degrees: both coefficients are sin(45)/sin(90)
+    torch.testing.assert_close(half, torch.tensor([[math.sqrt(0.5), 2 * math.sqrt(0.5)]]))
+    torch.testing.assert_close(slerp(0.0, a, b), a)
+    torch.testing.assert_close(slerp(1.0, a, b), b)
+    nearly = torch.tensor([[1.0, 1e-6]])
+    torch.testing.assert_close(slerp(0.25, a, nearly), 0.75 * a + 0.25 * nearly)  # parallel: lerp
+
+
+def test_streamed_file_is_valid_safetensors_with_declared_dtype(family):
+    root, folders = family
+    config = dict(CONFIGS["task_arithmetic"], out_dtype="bfloat16")
+    merge_from_yaml(write_config(root, folders, config, "bf16"), root / "bf16")
+    tensors = load_file(str(root / "bf16" / "model.safetensors"))
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    full = load_file(str(root / "studbook_task_arithmetic" / "model.safetensors")) \
+        if (root / "studbook_task_arithmetic").exists() else None
+    if full is not None:
+        for name, tensor in tensors.items():
+            assert torch.equal(tensor, full[name].to(torch.bfloat16))
+
+
+BAD = [
+    ({"merge_method": "frankenmerge", "models": [{"model": "a"}]}, "merge_method", "unknown merge method"),
+    ({"merge_method": "ties", "models": [{"model": "a", "parameters": {"weight": 1}}]}, "base_model",
+     "needs a base_model"),
+    ({"merge_method": "linear", "models": [{"model": "a"}]}, "models[0].parameters.weight",
+     "needs 'weight'"),
+    ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1, "densty": 1}}]},
+     "models[0].parameters.densty", "no per-model parameter 'densty'"),
+    ({"merge_method": "slerp", "base_model": "x", "parameters": {"t": 0.5},
+      "models": [{"model": "a"}, {"model": "b"}]}, "models", "merges 1 to 1 model"),
+    ({"merge_method": "linear", "slices": [], "models": [{"model": "a"}]}, "slices", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("config,key,words", BAD, ids=[b[1] for b in BAD])
+def test_bad_merge_configs_name_the_key(config, key, words):
+    with pytest.raises(StudbookError) as info:
+        parse_config(config, file="merge.yaml")
+    assert info.value.file == "merge.yaml" and info.value.key == key
+    assert words in str(info.value)
