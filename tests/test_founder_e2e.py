@@ -95,7 +95,8 @@ def test_second_repro_is_a_noop_and_git_sees_only_the_generation(bred):
     status = run(["git", "status", "--porcelain", "--untracked-files=all"], repo).stdout
     changed = sorted(line[3:] for line in status.splitlines())
     assert changed == ["cards/pico.json", "cards/pico.md", "dvc.lock", "generations/pico/dvc.lock",
-                       "generations/pico/metrics.json", "generations/pico/verdict.json"]
+                       "generations/pico/metrics.json", "generations/pico/verdict.json",
+                       "hard_examples/stdlib_pico/pico.jsonl", "hard_examples/stdlib_pico/pico.yaml"]
 
 
 def test_a_config_edit_reruns_exactly_its_dependents(bred):
@@ -146,3 +147,86 @@ def test_population_lists_the_member(bred):
     assert shown == (repo / "cards/pico.md").read_text()
     missing = run([PY, "-m", "studbook.cli", "show", "ghost"], repo, check=False)
     assert missing.returncode == 2 and "no member named 'ghost'" in missing.stderr
+
+
+# ---- a child: a LoRA adapter with parents chosen by the contract, bred by dvc repro ----
+
+@pytest.fixture(scope="module")
+def child(bred) -> tuple[Path, str]:
+    repo, _ = bred
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pico bred"], repo)
+    proposed = run([PY, "-m", "studbook.cli", "propose", "pico-lora", "--method", "lora",
+                    "--parents", "auto", "--parameters", "{rank: 4, alpha: 8}", "--model", "llama_pico",
+                    "--train", "pico", "--data", "tests_niche", "--contract", "stdlib_pico"], repo)
+    assert "parents (auto): pico" in proposed.stdout
+    result = run([PY, "-m", "dvc", "repro", "generations/pico-lora/dvc.yaml"], repo, timeout=900)
+    return repo, result.stdout + result.stderr
+
+
+def test_harvest_takes_mining_items_only_with_provenance(bred):
+    repo, _ = bred
+    rows = [json.loads(l) for l in (repo / "hard_examples/stdlib_pico/pico.jsonl").read_text().splitlines()]
+    assert len(rows) == 4  # 2 tasks x per_task 2
+    heldout = {json.loads(l)["id"] for f in (repo / "data/benchmarks/heldout").glob("*.jsonl")
+               for l in f.read_text().splitlines()}
+    mining = {json.loads(l)["id"]: json.loads(l)["text"] for f in (repo / "data/benchmarks/mining").glob("bpb_*.jsonl")
+              for l in f.read_text().splitlines()}
+    samples = {json.loads(l)["id"]: json.loads(l)["bits_per_byte"] for task in ("general", "tests")
+               for l in (repo / f"generations/pico/eval/samples/stdlib_mining_bpb_{task}.jsonl").read_text().splitlines()}
+    for row in rows:
+        assert row["id"] not in heldout and mining[row["id"]] == row["text"]
+        assert row["provenance"]["generation"] == "pico" and row["provenance"]["model"] == "pico"
+        assert row["provenance"]["bits_per_byte"] == pytest.approx(samples[row["id"]], abs=1e-6)
+    # the hardest: no unharvested item of the same task scores worse
+    for task in ("general", "tests"):
+        chosen = [r["provenance"]["bits_per_byte"] for r in rows if r["task"].endswith(task)]
+        others = [v for k, v in samples.items() if k not in {r["id"] for r in rows} and
+                  k in {json.loads(l)["id"] for l in (repo / f"data/benchmarks/mining/bpb_{task}.jsonl").read_text().splitlines()}]
+        assert min(chosen) >= max(others)
+
+
+def test_lora_child_is_a_peft_adapter_pinned_to_its_base(child):
+    repo, log = child
+    for line in ("method: lora", "kind: adapter", "generation: pico-lora"):
+        assert line in log
+    recipe = (repo / "generations/pico-lora/recipe.yaml").read_text()
+    assert "selection:" in recipe and "chosen:\n  - pico" in recipe
+    code = ("from peft import PeftModel\n"
+            "from transformers import AutoModelForCausalLM\n"
+            "m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('models/pico'), 'adapters/pico-lora')\n"
+            "print(type(m).__name__, m.peft_config['default'].r)\n")
+    assert run([PY, "-I", "-c", code], repo).stdout.strip() == "PeftModelForCausalLM 4"
+    card = json.loads((repo / "cards/pico-lora.json").read_text())
+    meta = json.loads((repo / "adapters/pico-lora/studbook.json").read_text())
+    assert card["base"]["sha256"] == meta["base"]["sha256"] == \
+        json.loads((repo / "models/pico/studbook.json").read_text())["weights_sha256"]
+    assert card["front_matter"]["base_model_relation"] == "adapter"
+    assert card["verdict"] in ("promoted", "rejected") and card["reference_parent"] == "pico"
+
+
+def test_child_inherits_hard_examples_and_reports_retention(child):
+    repo, _ = child
+    parent = [json.loads(l) for l in (repo / "hard_examples/stdlib_pico/pico.jsonl").read_text().splitlines()]
+    own = [json.loads(l) for l in (repo / "hard_examples/stdlib_pico/pico-lora.jsonl").read_text().splitlines()]
+    assert own[:len(parent)] == parent  # inherited first, unchanged
+    assert len({r["id"] for r in own}) == len(own) == len(parent) + 4  # deduplicated, 4 new
+    card = json.loads((repo / "cards/pico-lora.json").read_text())
+    retention = card["retention"]
+    assert retention["count"] == len(parent)
+    assert set(retention["parents"]) == {"pico"}
+    text = (repo / "cards/pico-lora.md").read_text()
+    assert f"| pico | {retention['parents']['pico']['bits_per_byte']:.4f} | {len(parent)} |" in text
+    # the hard-example set is an lm-eval task: lm-eval's figure for the parent matches the card
+    out = run([PY, "-m", "lm_eval", "--model", "hf", "--model_args", "pretrained=models/pico,dtype=float32",
+               "--tasks", "hard_stdlib_pico_pico", "--include_path", "hard_examples/stdlib_pico",
+               "--batch_size", "4", "--device", "cpu"], repo, timeout=300).stdout
+    line = next(l for l in out.splitlines() if "bits_per_byte" in l)
+    value = float([c for c in line.split("|") if c.strip()][-3 if "±" in line else -1].strip())
+    assert value == pytest.approx(retention["parents"]["pico"]["bits_per_byte"], rel=5e-3)
+
+
+def test_whole_lineage_repro_is_a_noop(child):
+    repo, _ = child
+    again = run([PY, "-m", "dvc", "repro", "generations/pico-lora/dvc.yaml"], repo)
+    assert "Running stage" not in again.stdout

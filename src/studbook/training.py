@@ -107,6 +107,8 @@ def train(model, stream, spec, context_length: int, seed: int,
         lr=spec.lr, betas=tuple(spec.betas), fused=False, foreach=True,
     )
     model.train()
+    if teacher is not None:
+        teacher.eval()  # no dropout in the targets
     offsets = torch.arange(window)
     start = time.perf_counter()
     tokens, done, running, capped = 0, 0, [], False
