@@ -97,6 +97,12 @@ def test_mergekit_recipe_gives_mergekit_tensors(family, method):
     assert any(not torch.equal(ours[n], base[n]) for n in base)
 
 
+def test_every_registered_merge_method_has_a_test_row():
+    from studbook import merges
+
+    assert set(merges.known()) == set(CONFIGS) | {"dare_linear", "dare_ties"}
+
+
 def _dare_reference(base, deltas, weights, density, seed, elect_sign):
     """DARE by its definition (Yu et al. 2024): keep each entry with probability p, scale by
     1/p; then sum (dare_linear) or elect signs and average agreeing entries (dare_ties)."""

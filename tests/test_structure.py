@@ -113,11 +113,17 @@ def test_cli_help_is_instant_and_complete():
 
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("propose", "population", "show", "check", "methods"):
+    registered = {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert registered == {"propose", "population", "show", "check", "methods", "merge", "demo"}
+    readme = (ROOT / "README.md").read_text()
+    for command in registered:
         assert command in result.output
+        assert f"studbook {command}" in readme, f"`studbook {command}` is not documented"
+        shown = CliRunner().invoke(app, [command, "--help"])
+        assert shown.exit_code == 0 and "Usage:" in shown.output
 
 
-@pytest.mark.parametrize("kind", ["breed", "train", "evaluate", "gate", "card"])
+@pytest.mark.parametrize("kind", ["breed", "train", "evaluate", "gate", "harvest", "card"])
 def test_generation_stage_scripts_have_help_and_usage(kind):
     import subprocess
     import sys

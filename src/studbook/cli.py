@@ -146,14 +146,26 @@ def show(name: str = typer.Argument(..., help="member name")) -> None:
 @app.command()
 def check(name: str = typer.Argument(..., help="generation name")) -> None:
     """Validate a generation's recipe, contract and parents without computing anything."""
+    from . import methods
+    from .compat import check_compatibility
     from .errors import StudbookError
-    from .generation import load_generation
+    from .generation import GenerationPaths, load_generation, parents_of
+    from .refs import BreedContext
 
     try:
         resolved = load_generation(name)
+        parents = parents_of(resolved)
+        bred = [p for p in parents if p.exists()]
+        if len(bred) == len(parents):  # the compatibility contract needs the parents' artifacts
+            ctx = BreedContext(resolved.recipe, resolved.parameters, parents, GenerationPaths(name).bred,
+                               resolved.contract_name, resolved.recipe_file)
+            check_compatibility(ctx, methods.get(resolved.recipe.method), resolved.recipe_file)
     except StudbookError as exc:
         _fail(exc)
-    typer.echo(f"ok: {resolved.recipe_file} ({', '.join(f'{k}={v}' for k, v in resolved.choices.items())})")
+    waiting = [p.name for p in parents if not p.exists()]
+    typer.echo(f"ok: {resolved.recipe_file} ({', '.join(f'{k}={v}' for k, v in resolved.choices.items())})"
+               + (f"; compatibility checked when {', '.join(waiting)} are bred" if waiting else
+                  "; compatible with its parents" if parents else ""))
 
 
 @app.command()
