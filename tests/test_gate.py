@@ -17,7 +17,7 @@ CONTRACT = Contract.model_validate({
 
 def scores(name, bpb, acc):
     return Scores(name, None, {
-        "bpb": {f"b{i}": {"bits_per_byte": v} for i, v in enumerate(bpb)},
+        "bpb": {f"b{i}": {"bits_per_byte": v, "bytes": 100} for i, v in enumerate(bpb)},
         "mc": {f"m{i}": {"acc": v, "choices": 4} for i, v in enumerate(acc)},
     })
 
@@ -73,3 +73,16 @@ def test_gain_against_best_parent_and_guard():
     dipped = scores("child", [2.9] * 20, [1] * 8 + [0] * 2)
     few = [scores("weak", [4.0] * 20, [1] * 10), scores("strong", [3.0] * 20, [1] * 10)]
     assert decide(dipped, few, CONTRACT)["verdict"] == "promoted"
+
+
+def test_parent_figures_aggregate_like_lm_eval():
+    """bits per byte of a task is byte-weighted (lm-eval's corpus-level aggregate)."""
+    def sized(name, values, sizes):
+        return Scores(name, None, {
+            "bpb": {f"b{i}": {"bits_per_byte": v, "bytes": n} for i, (v, n) in enumerate(zip(values, sizes))},
+            "mc": {"m0": {"acc": 1.0, "choices": 4}}})
+    child = sized("child", [1.0, 1.0], [100, 300])
+    parent = sized("parent", [2.0, 4.0], [100, 300])
+    verdict = decide(child, [parent], CONTRACT)
+    assert verdict["parent_benchmarks"]["parent"]["bpb"] == pytest.approx(3.5)  # not the plain mean 3.0
+    assert verdict["primary"]["parents"]["parent"] == pytest.approx(3.0)  # the gate itself: per item

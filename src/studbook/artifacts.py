@@ -167,3 +167,6 @@ def save_adapter(peft_model, tokenizer, out_dir: str | Path) -> None:
     """PEFT's layout (adapter_config.json + adapter_model.safetensors), plus the tokenizer."""
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
+    # PEFT also writes a placeholder model card; the real card is cards/NAME.md
+    for readme in Path(out_dir).rglob("README.md"):
+        readme.unlink()

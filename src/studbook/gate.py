@@ -48,6 +48,18 @@ def uniform_scores(child: Scores) -> Scores:
     return Scores(UNIFORM, None, items)
 
 
+def aggregate(scores: Scores, child: Scores, task: str, metric: str) -> float:
+    """A task-level figure as lm-eval computes it: bits per byte weighted by the bytes of
+    each item (corpus-level, from the child's byte counts: same items, same bytes);
+    accuracies as a plain mean."""
+    ids = sorted(child.items[task])
+    values = scores.vector(task, metric, ids)
+    if metric == "bits_per_byte":
+        weights = np.array([child.items[task][i]["bytes"] for i in ids], dtype=np.float64)
+        return float((values * weights).sum() / weights.sum())
+    return float(values.mean())
+
+
 def _pooled(scores: Scores, tasks: list[str], metric: str, ids: dict[str, list[str]]) -> np.ndarray:
     return np.concatenate([scores.vector(t, metric, ids[t]) for t in tasks])
 
@@ -120,9 +132,10 @@ def decide(child: Scores, parents: list[Scores], contract) -> dict:
         reasons.append(f"net gain {stats['mean']:.4f} on {primary.metric} over {best.name}, "
                        f"{contract.gate.confidence:.0%} interval [{stats['ci_low']:.4f}, "
                        f"{stats['ci_high']:.4f}]")
-    # every parent's score on every benchmark, on the child's items: the card's deltas
+    # every parent's score on every benchmark, on the child's items, aggregated as lm-eval
+    # aggregates the child's figure (so the card's deltas compare like with like)
     parent_benchmarks = {
-        p.name: {b.task: float(p.vector(b.task, b.metric, sorted(child.items[b.task])).mean())
+        p.name: {b.task: aggregate(p, child, b.task, b.metric)
                  for b in contract.benchmarks if b.task in p.items}
         for p in parents}
     return {
