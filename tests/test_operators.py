@@ -337,3 +337,21 @@ def test_parents_auto_ranks_promoted_compatible_members(studbook):
     assert chosen == ["best"] and "takes model" in {c["name"]: c["excluded"] for c in
                                                    selection["candidates"]}["ad"]
     assert "ranked by mean bits_per_byte" in selection["rule"]
+
+
+@pytest.mark.parametrize("combination,extra,rank", [
+    ("linear", {}, 4), ("svd", {"svd_rank": 4}, 4), ("ties", {"density": 0.5}, 4),
+    ("dare_ties", {"density": 0.5}, 4), ("cat", {}, 8)])
+def test_every_peft_combination_gives_a_loadable_adapter(studbook, combination, extra, rank):
+    from peft import PeftModel
+
+    base = plant("base")
+    for name, seed in (("a1", 1), ("a2", 2)):
+        nudge_adapter(plant(name, "lora", ["base"], {"rank": 4}, seed=seed, train="none"), seed)
+    adapter = plant("mix", "adapter_merge", ["a1", "a2"],
+                    {"combination_type": combination, "weights": [0.5, 0.5], **extra}, train="none")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == rank and read_meta(adapter)["base"]["name"] == "base"
+    merged = PeftModel.from_pretrained(load_model(base), str(adapter)).merge_and_unload()
+    assert not torch.allclose(logits(merged), logits(load_model(base)))  # the update survived
+    torch.testing.assert_close(logits(merged), logits(load_artifact(adapter)))
