@@ -156,11 +156,14 @@ def child(bred) -> tuple[Path, str]:
     repo, _ = bred
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "pico bred"], repo)
+    run(["git", "checkout", "-q", "-b", "feature-lora"], repo)  # a pull request's branch
     proposed = run([PY, "-m", "studbook.cli", "propose", "pico-lora", "--method", "lora",
                     "--parents", "auto", "--parameters", "{rank: 4, alpha: 8}", "--model", "llama_pico",
                     "--train", "pico", "--data", "tests_niche", "--contract", "stdlib_pico"], repo)
     assert "parents (auto): pico" in proposed.stdout
     result = run([PY, "-m", "dvc", "repro", "generations/pico-lora/dvc.yaml"], repo, timeout=900)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pico-lora bred"], repo)
     return repo, result.stdout + result.stderr
 
 
@@ -230,3 +233,81 @@ def test_whole_lineage_repro_is_a_noop(child):
     repo, _ = child
     again = run([PY, "-m", "dvc", "repro", "generations/pico-lora/dvc.yaml"], repo)
     assert "Running stage" not in again.stdout
+
+
+# ---- two pull requests, each proposing a descendant, merged into main ----
+
+@pytest.fixture(scope="module")
+def merged(child) -> Path:
+    repo, _ = child
+    run(["git", "checkout", "-q", "main"], repo)
+    run(["git", "checkout", "-q", "-b", "feature-lora2"], repo)
+    run([PY, "-m", "studbook.cli", "propose", "pico-lora2", "--method", "lora", "--parents", "pico",
+         "--parameters", "{rank: 2}", "--seed", "7", "--model", "llama_pico", "--train", "pico",
+         "--contract", "stdlib_pico"], repo)
+    run([PY, "-m", "dvc", "repro", "generations/pico-lora2/dvc.yaml"], repo, timeout=900)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pico-lora2 bred"], repo)
+    run(["git", "checkout", "-q", "main"], repo)
+    run(["git", "tag", "before-merges"], repo)
+    for number, branch in enumerate(["feature-lora", "feature-lora2"], start=1):
+        run(["git", "merge", "-q", "--no-ff", branch, "-m", f"Merge pull request #{number} from {branch}"], repo)
+    return repo
+
+
+def test_two_pull_requests_merge_without_conflicts(merged):
+    repo = merged
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""
+    assert "up to date" in run([PY, "-m", "dvc", "status"], repo).stdout
+    assert sorted(p.name for p in (repo / "cards").glob("*.json")) == \
+        ["pico-lora.json", "pico-lora2.json", "pico.json"]
+
+
+def test_lineage_shows_both_descendants_with_their_pull_requests(merged):
+    repo = merged
+    data = json.loads(run([PY, "-m", "studbook.cli", "lineage", "--format", "json"], repo).stdout)
+    edges = sorted((e["parent"], e["child"]) for e in data["edges"])
+    assert edges == [("pico", "pico-lora"), ("pico", "pico-lora2")]
+    nodes = {n["name"]: n for n in data["nodes"]}
+    pico_sha = json.loads((repo / "models/pico/studbook.json").read_text())["weights_sha256"]
+    assert nodes["pico"]["sha256"] == pico_sha
+    assert nodes["pico"]["arrived"]["merge"] is None  # committed on main directly
+    assert nodes["pico-lora"]["arrived"]["merge"]["subject"] == "Merge pull request #1 from feature-lora"
+    assert nodes["pico-lora2"]["arrived"]["merge"]["subject"] == "Merge pull request #2 from feature-lora2"
+    text = run([PY, "-m", "studbook.cli", "lineage", "pico-lora"], repo).stdout
+    assert text.splitlines()[0].startswith("pico [model, scratch, promoted]")
+    assert "└─ pico-lora [adapter, lora," in text and "pico-lora2" not in text
+    assert "cumulative to pico-lora: 2 generations, 4,096 tokens" in text
+    mermaid = run([PY, "-m", "studbook.cli", "lineage", "--format", "mermaid"], repo).stdout
+    assert "n_pico --> n_pico_lora" in mermaid and "n_pico --> n_pico_lora2" in mermaid
+
+
+def test_card_diff_reports_deltas_and_fails_on_a_guarded_regression(merged):
+    repo = merged
+    same = run([PY, "-m", "studbook.cli", "card", "diff", "main", "main"], repo)
+    assert "no changes" in same.stdout and same.returncode == 0
+    diff = run([PY, "-m", "studbook.cli", "card", "diff", "before-merges", "feature-lora"], repo)
+    card = json.loads((repo / "cards/pico-lora.json").read_text())
+    bench = card["benchmarks"][0]
+    assert "## added: `pico-lora`" in diff.stdout and "pico-lora2" not in diff.stdout.split("## Lineage")[0]
+    assert (f"| {bench['task']} | {bench['metric']} | — | {bench['value']:.4f} | — | "
+            f"{bench['parents'][0]['delta']:+.4f} |") in diff.stdout
+    assert "n_pico --> n_pico_lora" in diff.stdout and diff.returncode == 0
+    # inject a regression: a re-bred pico whose guarded accuracy drops beyond its tolerance
+    run(["git", "checkout", "-q", "-b", "regress"], repo)
+    path = repo / "cards/pico.json"
+    original = path.read_text()
+    pico = json.loads(original)
+    guarded = next(b for b in pico["benchmarks"] if b["task"] == "stdlib_nextline_general")
+    guarded["value"] = guarded["value"] - 0.6  # tolerance 0.5
+    path.write_text(json.dumps(pico, indent=2, sort_keys=True))
+    run(["git", "commit", "-qam", "re-bred pico"], repo)
+    try:
+        bad = run([PY, "-m", "studbook.cli", "card", "diff", "main", "regress"], repo, check=False)
+        assert bad.returncode == 1
+        lines = bad.stdout.splitlines()
+        assert lines[2] == "**⚠ 1 guarded regression(s) beyond tolerance**"
+        assert "| pico | stdlib_nextline_general | acc | -0.6000 | 0.5000 | its previous card |" in bad.stdout
+        assert "## changed: `pico` — promoted → promoted" in bad.stdout
+    finally:
+        run(["git", "checkout", "-q", "main"], repo)

@@ -114,12 +114,15 @@ def test_cli_help_is_instant_and_complete():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     registered = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert registered == {"propose", "population", "show", "check", "methods", "merge", "demo"}
+    assert registered == {"propose", "population", "show", "check", "methods", "merge", "demo",
+                          "lineage", "negatives"}
+    assert [g.name for g in app.registered_groups] == ["card"]
+    registered.add("card diff")
     readme = (ROOT / "README.md").read_text()
     for command in registered:
         assert command in result.output
         assert f"studbook {command}" in readme, f"`studbook {command}` is not documented"
-        shown = CliRunner().invoke(app, [command, "--help"])
+        shown = CliRunner().invoke(app, [*command.split(), "--help"])
         assert shown.exit_code == 0 and "Usage:" in shown.output
 
 

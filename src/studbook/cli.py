@@ -129,6 +129,83 @@ def population(as_json: bool = typer.Option(False, "--json", help="machine-reada
 
 
 @app.command()
+def lineage(
+    name: str = typer.Argument("", help="one member: its ancestry, descendants and cumulative cost"),
+    fmt: str = typer.Option("text", "--format", help="text, mermaid or json"),
+) -> None:
+    """The family tree, read from cards (edges by weights sha256) and git history."""
+    from .errors import StudbookError
+    from .lineage import as_json, cumulative, load, mermaid, related, text_tree
+
+    if fmt not in ("text", "mermaid", "json"):
+        _fail(StudbookError(f"unknown format '{fmt}' (text, mermaid, json)", key="--format"))
+    try:
+        members = load()
+        names = None
+        if name:
+            ancestors, descendants = related(members, name)
+            names = ancestors + [name] + descendants
+    except StudbookError as exc:
+        _fail(exc)
+    if fmt == "json":
+        data = as_json(members, names)
+        if name:
+            data["member"], data["cumulative"] = name, cumulative(members, name)
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    typer.echo((mermaid if fmt == "mermaid" else text_tree)(members, names), nl=False)
+    if name:
+        total = cumulative(members, name)
+        typer.echo(f"cumulative to {name}: {total['generations']} generations, "
+                   f"{total['tokens']:,} tokens, {total['flops']:.3g} FLOP, {total['seconds']:.0f} s")
+
+
+card_app = typer.Typer(help="Cards across revisions.", no_args_is_help=True)
+app.add_typer(card_app, name="card")
+
+
+@card_app.command("diff")
+def card_diff(
+    base: str = typer.Argument(..., help="base revision (e.g. main)"),
+    head: str = typer.Argument("HEAD", help="head revision (e.g. a pull request's branch)"),
+    output: str = typer.Option("", "--output", "-o", help="also write the Markdown report here"),
+) -> None:
+    """Markdown report of cards added or changed between two revisions; exit 1 on a guarded regression."""
+    from pathlib import Path
+
+    from .errors import StudbookError
+    from .review import card_diff as run_diff
+
+    try:
+        text, status = run_diff(base, head)
+    except StudbookError as exc:
+        _fail(exc)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    typer.echo(text, nl=False)
+    raise typer.Exit(status)
+
+
+@app.command()
+def negatives(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """The archive of rejected children, with why they were rejected."""
+    from .population import members
+
+    rows = [{"name": m["name"], "method": m["method"], "parents": [p["name"] for p in m["parents"]],
+             "reference_parent": m["reference_parent"], "reasons": m["reasons"],
+             "net_gain": m["primary"]["net_gain"]["mean"]}
+            for m in members() if m["verdict"] != "promoted"]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    if not rows:
+        typer.echo("no rejected members")
+    for r in rows:
+        typer.echo(f"{r['name']} ({r['method']} from {', '.join(r['parents'])}): net gain "
+                   f"{r['net_gain']:+.4f} vs {r['reference_parent']} — {'; '.join(r['reasons'])}")
+
+
+@app.command()
 def show(name: str = typer.Argument(..., help="member name")) -> None:
     """Print a member's card."""
     from pathlib import Path
