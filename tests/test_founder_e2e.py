@@ -311,3 +311,22 @@ def test_card_diff_reports_deltas_and_fails_on_a_guarded_regression(merged):
         assert "## changed: `pico` — promoted → promoted" in bad.stdout
     finally:
         run(["git", "checkout", "-q", "main"], repo)
+
+
+def test_a_fresh_clone_pulls_members_from_a_dvc_remote_without_rebreeding(merged, tmp_path):
+    repo = merged
+    remote = tmp_path / "dvc-remote"
+    run([PY, "-m", "dvc", "remote", "add", "-d", "team", str(remote)], repo)
+    run(["git", "commit", "-qam", "DVC remote for the population"], repo)
+    pushed = run([PY, "-m", "dvc", "push"], repo)
+    assert "pushed" in pushed.stdout
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run([PY, "-m", "dvc", "pull"], clone)
+    for path in ("models/pico", "adapters/pico-lora", "adapters/pico-lora2"):
+        meta = json.loads((clone / path / "studbook.json").read_text())
+        assert meta["weights_sha256"] == json.loads((repo / path / "studbook.json").read_text())["weights_sha256"]
+    status = run([PY, "-m", "dvc", "status"], clone).stdout
+    assert "up to date" in status  # everything pulled matches the locks: nothing to re-breed
+    again = run([PY, "-m", "dvc", "repro", "generations/pico-lora2/dvc.yaml"], clone)
+    assert "Running stage" not in again.stdout

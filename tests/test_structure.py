@@ -140,3 +140,17 @@ def test_generation_stage_scripts_have_help_and_usage(kind):
                              cwd=ROOT)
     assert missing.returncode == 1
     assert "error: generations/ghost/recipe.yaml: no generation named 'ghost'" in missing.stderr
+
+
+def test_pull_request_workflow_and_generated_files():
+    workflow = yaml.safe_load((ROOT / ".github/workflows/studbook-pr.yml").read_text())
+    steps = workflow["jobs"]["breed-and-review"]["steps"]
+    commands = "\n".join(step.get("run", "") for step in steps)
+    assert "bash scripts/setup.sh" in commands and "dvc repro" in commands
+    assert 'studbook card diff "origin/${{ github.base_ref }}" HEAD' in commands
+    sticky = next(s for s in steps if "sticky-pull-request-comment" in s.get("uses", ""))
+    assert sticky["with"]["header"] == "studbook-card-diff"  # one comment, updated per push
+    attributes = (ROOT / ".gitattributes").read_text()
+    assert "generations/*/dvc.lock linguist-generated=true" in attributes
+    assert "cards/*.json linguist-generated=true" in attributes
+    assert "cards/*.md" not in attributes.replace("(cards/*.md)", "")
