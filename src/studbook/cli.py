@@ -246,6 +246,26 @@ def check(name: str = typer.Argument(..., help="generation name")) -> None:
 
 
 @app.command()
+def init(
+    path: str = typer.Argument(..., help="an empty or new directory"),
+    contract: str = typer.Option("stdlib_code", help="the founder's contract"),
+    model: str = typer.Option("llama_3m", help="the founder's model config"),
+    train: str = typer.Option("founder", help="the founder's training budget"),
+) -> None:
+    """Scaffold a new studbook repository (git, DVC, configs, tasks, stages, CI) with a founder proposed."""
+    from .errors import StudbookError
+    from .runtime import offline
+    from .scaffold import init as scaffold
+
+    offline()
+    try:
+        target = scaffold(path, contract, model, train)
+    except StudbookError as exc:
+        _fail(exc)
+    typer.echo(f"initialised: {target}\nnext: cd {target} && bash scripts/breed.sh")
+
+
+@app.command()
 def demo(
     clone_dir: str = typer.Option("", "--dir", help="where to clone (default: a new temporary folder)"),
     ecology: str = typer.Option("stdlib_code", help="conf/ecology/NAME.yaml"),
