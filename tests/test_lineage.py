@@ -81,3 +81,29 @@ def test_identity_is_content_not_name():
     with pytest.raises(StudbookError, match="cycle"):
         topological(from_cards(list(looped)))
     assert json.dumps(as_json(members))  # serialisable
+
+
+def test_lineage_survives_a_rebase(tmp_path, monkeypatch):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    synthetic_history(repo, 12, merge_every=100)
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+    for key, value in {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x", "GIT_COMMITTER_NAME": "b",
+                       "GIT_COMMITTER_EMAIL": "b@x"}.items():
+        monkeypatch.setenv(key, value)
+    git("checkout", "-q", "-b", "feature", "HEAD~2")  # a branch from an older main
+    import random
+
+    (repo / "cards" / "g99.json").write_text(json.dumps(card(99, [5, 9], random.Random(1))))
+    git("add", "-A")
+    git("commit", "-qm", "g99: bred")
+    git("rebase", "-q", "main")
+    monkeypatch.chdir(repo)
+    members = load()
+    assert members["g99"].parent_names == ["g5", "g9"]
+    assert members["g99"].arrived["commit"] == git("rev-parse", "HEAD").strip()  # the rebased commit
+    assert len(members) == 13

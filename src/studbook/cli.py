@@ -118,14 +118,15 @@ def population(as_json: bool = typer.Option(False, "--json", help="machine-reada
     from rich.table import Table
 
     table = Table(title="population")
-    for column in ("member", "kind", "method", "parents", "bits/byte", "net gain", "verdict",
-                   "parameters", "tokens", "seconds"):
+    for column in ("member", "kind", "method", "parents", "contract", "bits/byte", "net gain",
+                   "verdict", "parameters", "tokens", "FLOPs", "seconds"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["name"], r["kind"], r["method"], ", ".join(r["parents"]),
+        table.add_row(r["name"], r["kind"], r["method"], ", ".join(r["parents"]), r["contract"],
                       f"{r['primary']:.4f}", f"{r['net_gain']:+.4f}", r["verdict"],
-                      f"{r['parameters']:,}", f"{r['tokens']:,}", f"{r['seconds']:.0f}")
-    Console(width=160).print(table)
+                      f"{r['parameters']:,}", f"{r['tokens']:,}", f"{r['flops']:.3g}",
+                      f"{r['seconds']:.0f}")
+    Console(width=180).print(table)
 
 
 @app.command()

@@ -35,6 +35,7 @@ def row(m: dict) -> dict:
         "primary": round(m["primary"]["child"], 4), "primary_metric": m["primary"]["metric"],
         "net_gain": round(m["primary"]["net_gain"]["mean"], 4),
         "parameters": m["parameters"], "tokens": m["compute"]["tokens"],
+        "flops": m["compute"]["flops"], "contract": m["contract"],
         "seconds": m["compute"]["seconds"], "scores": scores,
     }
 
