@@ -290,7 +290,7 @@ def test_card_diff_reports_deltas_and_fails_on_a_guarded_regression(merged):
     card = json.loads((repo / "cards/pico-lora.json").read_text())
     bench = card["benchmarks"][0]
     assert "## added: `pico-lora`" in diff.stdout and "pico-lora2" not in diff.stdout.split("## Lineage")[0]
-    assert (f"| {bench['task']} | {bench['metric']} | — | {bench['value']:.4f} | — | "
+    assert (f"| {bench['task']} | {bench['metric']} | {bench['value']:.4f} | "
             f"{bench['parents'][0]['delta']:+.4f} |") in diff.stdout
     assert "n_pico --> n_pico_lora" in diff.stdout and diff.returncode == 0
     # inject a regression: a re-bred pico whose guarded accuracy drops beyond its tolerance

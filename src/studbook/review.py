@@ -111,12 +111,15 @@ def render(report: dict[str, Any], base_rev: str, head_rev: str, head_cards: dic
                 f"{card['primary']['metric']} {_fmt(card['primary']['child'])}, net gain "
                 f"{_fmt(card['primary']['net_gain']['mean'], True)} over `{card['reference_parent']}`.", ""]
         parent_names = [p["parent"] for p in entry["rows"][0]["parents"]] if entry["rows"] else []
-        out.append("| benchmark | metric | old | new | Δ | " + "".join(f"Δ vs {p} | " for p in parent_names))
-        out.append("|---|---|---:|---:|---:|" + "---:|" * len(parent_names))
+        added = entry["status"] == "added"  # no old value: value and deltas vs parents only
+        head = "| benchmark | metric | " + ("value | " if added else "old | new | Δ | ")
+        out.append(head + "".join(f"Δ vs {p} | " for p in parent_names))
+        out.append("|---|---|" + ("---:|" if added else "---:|---:|---:|") + "---:|" * len(parent_names))
         for row in entry["rows"]:
             against = "".join(f"{_fmt(p['delta'], True)} | " for p in row["parents"])
-            out.append(f"| {row['task']} | {row['metric']} | {_fmt(row['old'])} | {_fmt(row['new'])} | "
-                       f"{_fmt(row['delta'], True)} | {against}")
+            values = f"{_fmt(row['new'])} | " if added else \
+                f"{_fmt(row['old'])} | {_fmt(row['new'])} | {_fmt(row['delta'], True)} | "
+            out.append(f"| {row['task']} | {row['metric']} | {values}{against}")
         out.append("")
     for name in report["removed"]:
         out += [f"## removed: `{name}`", ""]
