@@ -355,3 +355,21 @@ def test_every_peft_combination_gives_a_loadable_adapter(studbook, combination, 
     merged = PeftModel.from_pretrained(load_model(base), str(adapter)).merge_and_unload()
     assert not torch.allclose(logits(merged), logits(load_model(base)))  # the update survived
     torch.testing.assert_close(logits(merged), logits(load_artifact(adapter)))
+
+
+def test_adapter_files_are_byte_identical_across_processes(studbook):
+    """PEFT stores target_modules from a set; two processes must still write the same bytes."""
+    import subprocess
+    import sys
+
+    plant("base")
+    code = ("import sys; from studbook.generation import propose; from studbook import pipeline\n"
+            "propose(sys.argv[1], 'lora', ['base'], 0, {'contract': 'stdlib_pico', 'model': 'llama_pico', "
+            "'train': 'none', 'data': 'stdlib_all'}, parameters={'rank': 2})\n"
+            "pipeline.breed(sys.argv[1])\n")
+    for name, seed in (("x1", "1"), ("x2", "2")):
+        subprocess.run([sys.executable, "-c", code, name], check=True, capture_output=True,
+                       env={**__import__("os").environ, "PYTHONHASHSEED": seed})
+    first = (Path("generations/x1/bred/adapter_config.json")).read_bytes()
+    assert first == Path("generations/x2/bred/adapter_config.json").read_bytes()
+    assert json.loads(first)["target_modules"] == sorted(json.loads(first)["target_modules"])

@@ -84,9 +84,32 @@ def load_model(path: str | Path):
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False,
                                                      use_safetensors=True)
-    except Exception as exc:
+    except Exception as exc:  # truncated file, bad header, wrong shapes
         raise StudbookError(f"cannot load weights: {exc}", file=str(path)) from None
+    check_finite(model, path)
     return model
+
+
+def check_finite(model, path: str | Path) -> None:
+    """NaN or Inf in any weight: refused, naming the tensor (a diverged or damaged artifact)."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise StudbookError(f"tensor '{name}' holds NaN or Inf values", file=str(path), key=name)
+
+
+def verify_artifact(path: str | Path) -> str:
+    """The weights still hash to the sha256 their studbook.json records (a flipped byte, a
+    swapped file or a tampered parent is caught here, before anything uses it)."""
+    meta = read_meta(path)
+    found = weights_sha256(path)
+    if found != meta.get("weights_sha256"):
+        files = sorted(Path(path).glob("*.safetensors"))
+        raise StudbookError(f"weights hash to {found[:12]}… but studbook.json records "
+                            f"{str(meta.get('weights_sha256'))[:12]}…: damaged or tampered",
+                            file=str(files[0] if len(files) == 1 else path), key="weights_sha256")
+    return found
 
 
 def weights_sha256(path: str | Path) -> str:
@@ -167,6 +190,13 @@ def save_adapter(peft_model, tokenizer, out_dir: str | Path) -> None:
     """PEFT's layout (adapter_config.json + adapter_model.safetensors), plus the tokenizer."""
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
+    # PEFT writes target_modules from a Python set, in hash-seed order: canonicalise it so
+    # the same adapter gives the same bytes (else DVC sees a change and re-trains children)
+    for config_file in Path(out_dir).rglob(ADAPTER_CONFIG):
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     # PEFT also writes a placeholder model card; the real card is cards/NAME.md
     for readme in Path(out_dir).rglob("README.md"):
         readme.unlink()

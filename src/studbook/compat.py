@@ -30,8 +30,11 @@ def check_compatibility(ctx, method, file: str) -> dict:
     """Raise on the first mismatch; return the facts checked (for breed.json)."""
     recipe, parents = ctx.recipe, ctx.parents
     compat = recipe.contract.compatibility
+    from .artifacts import verify_artifact
+
     for index, parent in enumerate(parents):
         parent.meta  # noqa: B018 - raises a clear error if the parent is not bred
+        verify_artifact(parent.path)  # a parent whose weights no longer match its record
         model_type = parent.config.get("model_type")
         if model_type not in compat.architectures:
             raise StudbookError(f"parent '{parent.name}' is a {model_type}; the contract accepts "
