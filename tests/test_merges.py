@@ -165,15 +165,14 @@ def test_slerp_is_the_textbook_formula():
 
 def test_streamed_file_is_valid_safetensors_with_declared_dtype(family):
     root, folders = family
+    merge_from_yaml(write_config(root, folders, CONFIGS["task_arithmetic"], "f32"), root / "f32")
     config = dict(CONFIGS["task_arithmetic"], out_dtype="bfloat16")
     merge_from_yaml(write_config(root, folders, config, "bf16"), root / "bf16")
     tensors = load_file(str(root / "bf16" / "model.safetensors"))
-    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
-    full = load_file(str(root / "studbook_task_arithmetic" / "model.safetensors")) \
-        if (root / "studbook_task_arithmetic").exists() else None
-    if full is not None:
-        for name, tensor in tensors.items():
-            assert torch.equal(tensor, full[name].to(torch.bfloat16))
+    full = load_file(str(root / "f32" / "model.safetensors"))
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16} and sorted(tensors) == sorted(full)
+    for name, tensor in tensors.items():
+        assert torch.equal(tensor, full[name].to(torch.bfloat16))
 
 
 BAD = [
