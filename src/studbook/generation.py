@@ -55,10 +55,6 @@ class GenerationPaths:
     def verdict(self) -> Path:
         return self.folder / "verdict.json"
 
-    @property
-    def model(self) -> Path:
-        return Path("models") / self.name
-
     def artifact(self, kind: str) -> Path:
         from .refs import artifact_dir
 
