@@ -2,7 +2,8 @@
 
 Every artifact is written to a temporary sibling and renamed into place, so an
 interrupted stage (Ctrl-C, kill -9) never leaves a half-written file or folder that a
-later stage would accept.
+later stage would accept. Temporaries carry their writer's pid; the next write to the
+same path removes those whose writer is gone, so a killed run leaves no litter behind.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from .failpoints import reached
 
 _CHUNK = 1 << 20
 
@@ -48,15 +51,39 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's live process
+        return True
+    return True
+
+
+def _sweep_orphans(path: Path) -> None:
+    """Remove temporaries of `path` left by writers that died (kill -9, power loss)."""
+    for pattern in (f".{path.name}.tmp-*-*", f".{path.name}.old-*"):
+        for orphan in path.parent.glob(pattern):
+            pid_text = orphan.name[len(f".{path.name}."):].split("-")[1]
+            if pid_text.isdigit() and not _alive(int(pid_text)):
+                if orphan.is_dir():
+                    shutil.rmtree(orphan, ignore_errors=True)
+                else:
+                    orphan.unlink(missing_ok=True)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    _sweep_orphans(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        reached("commit", path.as_posix())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -72,13 +99,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder that replaces `path` only if the block completes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _sweep_orphans(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
         for file in tmp.rglob("*"):
             if file.is_file():
                 with open(file, "rb") as handle:
                     os.fsync(handle.fileno())
+        reached("commit", path.as_posix())
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)

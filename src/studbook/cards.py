@@ -71,7 +71,9 @@ def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: d
     front["model-index"] = model_index
     evidence = evidence or {}
     # seconds stay out of the front matter: a re-breed then changes one line of the card
-    steady_compute = {k: v for k, v in meta["compute"].items() if k != "seconds"}
+    steady_compute = {k: v for k, v in meta["compute"].items() if k not in ("seconds", "target")}
+    if "target" in meta["compute"]:
+        steady_compute["target"] = {k: v for k, v in meta["compute"]["target"].items() if k != "curve"}
     front["studbook"] = {
         "generation": meta["name"], "kind": meta["kind"], "method": meta["method"],
         "verdict": verdict["verdict"],
@@ -104,8 +106,33 @@ def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: d
         "teacher": meta.get("teacher"), "base": meta.get("base"),
         "total_parameters": meta.get("total_parameters", meta["parameters"]),
         "retention": retained or None, "hard_examples": evidence.get("hard_examples"),
+        "target": meta["compute"].get("target"), "compounding": evidence.get("compounding"),
         "front_matter": front,
     }
+
+
+def compounding(child: dict, scratch_name: str, scratch: dict) -> dict[str, Any]:
+    """Compute-to-target of a child vs a from-scratch model trained to the same target.
+
+    `child` and `scratch` are the `compute` blocks of the two artifacts (with wall seconds).
+    When the scratch model never reached the target, its whole budget is a lower bound on
+    what it needs, so the ratio is an upper bound (`bound: "at most"`).
+    """
+    mine, theirs = child["target"], scratch["target"]
+    row = {"target": {k: mine[k] for k in ("task", "bits_per_byte", "every", "items")},
+           "child": {"reached": mine["reached"], "steps": mine["steps"], "tokens": mine["tokens"],
+                     "seconds": child.get("seconds"), "flops": child["flops"]},
+           "scratch": {"name": scratch_name, "reached": theirs["reached"],
+                       "steps": theirs["steps"] if theirs["reached"] else scratch["steps"],
+                       "tokens": theirs["tokens"] if theirs["reached"] else scratch["tokens"],
+                       "seconds": scratch.get("seconds"), "flops": scratch["flops"]},
+           "token_ratio": None, "seconds_ratio": None, "bound": None}
+    if mine["reached"]:
+        row["token_ratio"] = round(mine["tokens"] / row["scratch"]["tokens"], 6)
+        if child.get("seconds") and scratch.get("seconds"):
+            row["seconds_ratio"] = round(child["seconds"] / scratch["seconds"], 6)
+        row["bound"] = "exact" if theirs["reached"] else "at most"
+    return row
 
 
 def _rounded(score: dict | None) -> dict | None:

@@ -48,6 +48,8 @@ def propose(
     from_path: str = typer.Option("", "--from", help="found the generation on this local HF model "
                                   "folder (safetensors only; method 'import')"),
     refresh: bool = typer.Option(False, help="rewrite dvc.yaml of an existing generation"),
+    scratch_reference: str = typer.Option("", help="a from-scratch generation trained to the same "
+                                          "train target: the card compares compute-to-target"),
 ) -> None:
     """Write generations/NAME/ (recipe + dvc.yaml); then `dvc repro` breeds it."""
     from .errors import StudbookError
@@ -70,7 +72,8 @@ def propose(
                 parent_list, selection = select_parents(method, contract)
                 typer.echo(f"parents (auto): {', '.join(parent_list)}")
             do_propose(name, method, parent_list, seed, choices, refresh=refresh,
-                       parameters=_parameters(parameters), selection=selection)
+                       parameters=_parameters(parameters), selection=selection,
+                       compounding={"scratch": scratch_reference} if scratch_reference else None)
     except StudbookError as exc:
         _fail(exc)
     typer.echo(f"proposed: generations/{name}\nnext: dvc repro generations/{name}/dvc.yaml")

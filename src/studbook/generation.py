@@ -126,9 +126,42 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
         if task not in tasks:
             raise StudbookError(f"no lm-eval task '{task}' under tasks/",
                                 file=contract_file, key=f"harvest.tasks[{index}]")
+    target = recipe.train.target
+    if target is not None:
+        if target.task not in tasks:
+            raise StudbookError(f"no lm-eval task '{target.task}' under tasks/",
+                                file=resolved.group_files["train"], key="target.task")
+        if any(b.task == target.task for b in recipe.contract.benchmarks):
+            raise StudbookError(f"'{target.task}' is one of the contract's benchmarks: a stopping "
+                                "rule must not see held-out items (use a mining task)",
+                                file=resolved.group_files["train"], key="target.task")
+    if recipe.compounding is not None:
+        _check_compounding(name, resolved, conf_dir)
     if check_deps:
         check_declared_deps(resolved)
     return resolved
+
+
+def _check_compounding(name: str, resolved: ResolvedRecipe, conf_dir: str | Path) -> None:
+    """The scratch reference exists, is bred from scratch, and trains to the same target."""
+    recipe, file = resolved.recipe, resolved.recipe_file
+    reference = recipe.compounding.scratch
+    if recipe.train.target is None:
+        raise StudbookError("compounding compares compute-to-target, but the train budget has no "
+                            "target", file=resolved.group_files["train"], key="target")
+    if reference == name or not GenerationPaths(reference).recipe.is_file():
+        raise StudbookError(f"scratch reference '{reference}' does not exist (no generations/{reference}/)",
+                            file=file, key="compounding.scratch")
+    other = compose_recipe(GenerationPaths(reference).recipe, conf_dir).recipe
+    if other.parents:
+        raise StudbookError(f"scratch reference '{reference}' has parents ({', '.join(other.parents)}); "
+                            "it must be bred from scratch", file=file, key="compounding.scratch")
+    mine, theirs = recipe.train.target, other.train.target
+    if theirs is None or (theirs.task, theirs.bits_per_byte, theirs.every, theirs.items) != \
+            (mine.task, mine.bits_per_byte, mine.every, mine.items):
+        raise StudbookError(f"scratch reference '{reference}' does not train to the same target "
+                            f"({mine.task} <= {mine.bits_per_byte} bits/byte)",
+                            file=file, key="compounding.scratch")
 
 
 def parents_of(resolved: ResolvedRecipe, conf_dir: str | Path = "conf") -> list:
@@ -154,14 +187,16 @@ def check_declared_deps(resolved: ResolvedRecipe) -> None:
 
 def render_recipe(name: str, method: str, parents: list[str], seed: int,
                   choices: dict[str, str], parameters: dict | None = None,
-                  selection: dict | None = None, overrides: dict | None = None) -> str:
+                  selection: dict | None = None, overrides: dict | None = None,
+                  compounding: dict | None = None) -> str:
     lines = [f"# Generation {name}: what is bred. Runtime knobs (device, threads) never go here.",
              "defaults:"]
     lines += [f"  - {group}: {option}" for group, option in choices.items()]
     lines += ["  - _self_", "", f"name: {name}", f"method: {method}",
               f"parents: [{', '.join(parents)}]", f"seed: {seed}"]
     text = "\n".join(lines) + "\n"
-    for key, value in (("parameters", parameters), ("selection", selection)):
+    for key, value in (("parameters", parameters), ("selection", selection),
+                       ("compounding", compounding)):
         if value:
             text += yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False)
     if overrides:
@@ -198,12 +233,17 @@ def render_dvc_yaml(resolved: ResolvedRecipe) -> str:
         corpus=recipe.data.corpus,
         parent_artifacts=[str(p.path) for p in parents],
         parent_evals=[str(p.eval_dir) for p in parents],
+        target=recipe.train.target is not None,
+        scratch_reference=([str(GenerationPaths(recipe.compounding.scratch).artifact("model")),
+                            str(GenerationPaths(recipe.compounding.scratch).live)]
+                           if recipe.compounding else []),
     )
 
 
 def propose(name: str, method: str, parents: list[str], seed: int, choices: dict[str, str],
             conf_dir: str | Path = "conf", refresh: bool = False, parameters: dict | None = None,
-            selection: dict | None = None, overrides: dict | None = None) -> ResolvedRecipe:
+            selection: dict | None = None, overrides: dict | None = None,
+            compounding: dict | None = None) -> ResolvedRecipe:
     """Write generations/NAME/{recipe.yaml,dvc.yaml}; nothing is written on bad input."""
     if not NAME_RE.match(name):
         raise StudbookError(f"'{name}' is not a valid generation name "
@@ -216,7 +256,8 @@ def propose(name: str, method: str, parents: list[str], seed: int, choices: dict
         if paths.folder.exists():
             raise StudbookError("generation already exists (use --refresh to rewrite its dvc.yaml)",
                                 file=str(paths.folder))
-        text = render_recipe(name, method, parents, seed, choices, parameters, selection, overrides)
+        text = render_recipe(name, method, parents, seed, choices, parameters, selection, overrides,
+                             compounding)
         # validate in a scratch copy first so bad input leaves the repository untouched
         import tempfile
 

@@ -8,6 +8,7 @@ outputs atomically, and returns the `key: value` summary the stage prints.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .atomic import atomic_dir, canonical_json, sha256_bytes, write_json_atomic, write_text_atomic
 from .generation import GenerationPaths, load_generation, parents_of
@@ -122,17 +123,34 @@ def train(name: str) -> dict:
                             "this artifact has another (set train steps to 0 to import as-is)",
                             file=resolved.group_files["train"], key="steps")
     teacher = load_artifact(parents[0].path) if method.teaches else None
+    probe = None
+    if recipe.train.target is not None:
+        from .targets import TargetProbe, task_texts
+
+        target = recipe.train.target
+        probe = TargetProbe(target, task_texts(target.task, "tasks", target.items,
+                                               where=resolved.group_files["train"]),
+                            tokenizer, recipe.model.context_length,
+                            batch_size=recipe.contract.evaluation.batch_size)
+        probe.model = model
     with atomic_dir(paths.live) as live_dir:
         with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
             if recipe.train.steps:
                 sources = _training_sources(resolved, parents)
                 result = run_training(model, sources, recipe.train, recipe.model.context_length,
                                       recipe.seed, live=live, teacher=teacher,
-                                      distill=resolved.parameters if teacher is not None else None)
+                                      distill=resolved.parameters if teacher is not None else None,
+                                      should_stop=probe)
             else:
                 from .training import TrainResult
 
                 result = TrainResult(steps=0, tokens=0, seconds=0.0, final_loss=float("nan"), capped=False)
+        # wall-clock figures live beside the training log, not in the artifact: re-running
+        # the same recipe then gives a byte-identical artifact (and nothing downstream re-runs)
+        (live_dir / "compute.json").write_text(canonical_json({
+            "seconds": round(result.seconds, 3),
+            "tokens_per_second": round(result.tokens_per_second),
+            "target_check_seconds": round(probe.seconds, 1) if probe else 0.0}))
     manifest = read_manifest(recipe.data.corpus)
     total = parameter_count(model)
     own = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) if base else total
@@ -167,7 +185,6 @@ def train(name: str) -> dict:
                      "content_sha256": manifest["content_sha256"]},
             "compute": {
                 "steps": result.steps, "tokens": result.tokens,
-                "seconds": round(result.seconds, 1),
                 "flops": flops,
                 "capped_by_seconds": result.capped,
             },
@@ -177,13 +194,18 @@ def train(name: str) -> dict:
         for key in ("base", "teacher"):
             if key in bred["facts"]:
                 meta[key] = bred["facts"][key]
+        if probe is not None:
+            meta["compute"]["target"] = probe.record()
         write_meta(tmp, meta)
     final = result.final_loss
     return {"generation": name, "kind": resolved.kind, "steps": result.steps, "tokens": result.tokens,
             "seconds": round(result.seconds, 1), "tokens_per_second": round(result.tokens_per_second),
             "final_loss_nats": round(final, 4),
             "final_bits_per_byte": round(final / 0.6931471805599453, 4),
-            "parameters": own, "weights_sha256": meta["weights_sha256"]}
+            "parameters": own, "weights_sha256": meta["weights_sha256"],
+            **({"target_reached": probe.reached_at is not None,
+                "tokens_to_target": probe.reached_at["tokens"] if probe.reached_at else "not reached"}
+               if probe else {})}
 
 
 def evaluate(name: str) -> dict:
@@ -258,11 +280,19 @@ def harvest(name: str) -> dict:
             "inherited": len(rows) - new, "file": str(paths.hard_examples(contract))}
 
 
+def _with_wall_time(meta: dict, live_dir: Path) -> dict:
+    """The artifact's metadata plus the training's wall time, kept beside the training log."""
+    wall = live_dir / "compute.json"
+    if wall.is_file():  # artifacts bred before wall time moved out of them carry their own
+        meta = {**meta, "compute": {**meta["compute"], "seconds": json.loads(wall.read_text())["seconds"]}}
+    return meta
+
+
 def card(name: str) -> dict:
     """Render cards/NAME.md and its JSON twin (card last)."""
     from . import methods
     from .artifacts import read_meta
-    from .cards import card_context, render_card
+    from .cards import card_context, compounding, render_card
     from .data import read_manifest
     from .evaluation import read_evaluation
     from .harvest import inherited, read_hard_examples, retention
@@ -286,8 +316,14 @@ def card(name: str) -> dict:
                 "child": retention(kept, evaluation["samples"]),
                 "parents": {p.name: retention(kept, read_evaluation(p.eval_dir)["samples"])
                             for p in parents}}
+    meta = _with_wall_time(read_meta(paths.artifact(resolved.kind)), paths.live)
+    if recipe.compounding is not None:
+        reference = GenerationPaths(recipe.compounding.scratch)
+        evidence["compounding"] = compounding(
+            meta["compute"], recipe.compounding.scratch,
+            _with_wall_time(read_meta(reference.artifact("model")), reference.live)["compute"])
     context = card_context(
-        meta=read_meta(paths.artifact(resolved.kind)),
+        meta=meta,
         results=evaluation["results"],
         verdict=verdict,
         contract=recipe.contract,

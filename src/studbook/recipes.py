@@ -35,6 +35,17 @@ class ModelSpec(Strict):
                                    description="keyword arguments of the HF config class")
 
 
+class TargetSpec(Strict):
+    """Stop training at the first check that reaches this bits per byte (compute-to-target)."""
+
+    task: str = Field(description=(
+        "a local lm-eval bits-per-byte task under tasks/; use a mining task, so the held-out "
+        "benchmarks stay unseen by the stopping rule"))
+    bits_per_byte: float = Field(gt=0, description="the target, lower is better")
+    every: int = Field(default=10, gt=0, description="steps between checks")
+    items: int | None = Field(default=None, gt=0, description="check on the first N documents only")
+
+
 class TrainSpec(Strict):
     """conf/train/*.yaml: a bounded training budget."""
 
@@ -49,6 +60,9 @@ class TrainSpec(Strict):
     max_seconds: float | None = Field(default=None, gt=0, description=(
         "optional wall-clock cap; a capped run is not bit-reproducible and its card says so"))
     log_every: int = Field(default=10, gt=0, description="steps between dvclive points")
+    target: TargetSpec | None = Field(default=None, description=(
+        "train until this target is reached (or the step budget ends); the card reports "
+        "the compute it took"))
 
 
 class DataSpec(Strict):
@@ -145,6 +159,14 @@ class Contract(Strict):
         return self
 
 
+class CompoundingSpec(Strict):
+    """Compare this child's compute-to-target with a model trained from scratch to it."""
+
+    scratch: str = Field(description=(
+        "a generation bred from scratch with the same train.target; the card puts both "
+        "compute figures and their ratio side by side"))
+
+
 class Recipe(Strict):
     name: str
     method: str
@@ -154,6 +176,7 @@ class Recipe(Strict):
         "the method's own parameters, validated by the method's schema"))
     selection: dict[str, Any] | None = Field(default=None, description=(
         "how `--parents auto` chose the parents, and why (written by propose)"))
+    compounding: CompoundingSpec | None = None
     contract: Contract
     model: ModelSpec
     train: TrainSpec

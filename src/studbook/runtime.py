@@ -52,7 +52,10 @@ def summary(values: Mapping[str, object], stream=None) -> None:
 
 
 def progress(message: str) -> None:
+    from .failpoints import reached
+
     print(message, file=sys.stderr, flush=True)
+    reached("say", message)
 
 
 def run_stage(stage, argv: list[str] | None = None) -> None:

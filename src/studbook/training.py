@@ -27,6 +27,7 @@ class TrainResult:
     seconds: float
     final_loss: float  # mean cross-entropy of the last logged window, nats per token
     capped: bool  # stopped by max_seconds before the step budget
+    stopped: bool = False  # stopped early by should_stop (a target reached)
 
     @property
     def tokens_per_second(self) -> float:
@@ -35,14 +36,11 @@ class TrainResult:
 
 def token_stream(corpus_dir: str | Path, split: str, niches: list[str] | None) -> np.ndarray:
     """All documents of a split as one id stream, each preceded by end-of-text."""
-    parts = []
-    for record in read_split(corpus_dir, split):
-        if niches is None or record["niche"] in niches:
-            parts.append(np.array([EOS_ID], dtype=np.int64))
-            parts.append(encode_bytes(record["text"]))
-    if not parts:
+    stream = texts_stream([record["text"] for record in read_split(corpus_dir, split)
+                           if niches is None or record["niche"] in niches])
+    if not len(stream):
         raise ValueError(f"no training text in split '{split}' for niches {niches}")
-    return np.concatenate(parts).astype(np.uint16)
+    return stream
 
 
 def lr_at(step: int, spec) -> float:
@@ -79,14 +77,15 @@ def distillation_loss(student_logits, teacher_logits, targets, temperature: floa
 
 
 def train(model, stream, spec, context_length: int, seed: int,
-          live=None, teacher=None, distill=None) -> TrainResult:
+          live=None, teacher=None, distill=None, should_stop=None) -> TrainResult:
     """Train `model` in place on random windows of `stream`.
 
     `stream` is one id array, or a list of (array, fraction) sources: each sequence of a
     batch then comes from a source drawn with those probabilities (seeded). With a
     `teacher`, the loss is the distillation loss of `distill` (temperature, kl_weight);
     `final_loss` stays the cross-entropy so runs compare. Only parameters that require
-    gradients are trained (a PEFT model trains its adapter only).
+    gradients are trained (a PEFT model trains its adapter only). `should_stop(steps, tokens)`
+    is asked after every step (a target check); its own time is not training time.
     """
     import torch
 
@@ -111,10 +110,10 @@ def train(model, stream, spec, context_length: int, seed: int,
         teacher.eval()  # no dropout in the targets
     offsets = torch.arange(window)
     start = time.perf_counter()
-    tokens, done, running, capped = 0, 0, [], False
+    tokens, done, running, capped, stopped, paused = 0, 0, [], False, False, 0.0
     final_loss = float("nan")
     for step in range(spec.steps):
-        if spec.max_seconds and time.perf_counter() - start > spec.max_seconds:
+        if spec.max_seconds and time.perf_counter() - start - paused > spec.max_seconds:
             capped = True
             break
         for group in optimizer.param_groups:
@@ -137,7 +136,7 @@ def train(model, stream, spec, context_length: int, seed: int,
         done += 1
         running.append(ce.item())
         if (step + 1) % spec.log_every == 0 or step + 1 == spec.steps:
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - start - paused
             final_loss = sum(running) / len(running)
             running = []
             progress(f"train step {step + 1}/{spec.steps} loss {final_loss:.4f} "
@@ -148,12 +147,18 @@ def train(model, stream, spec, context_length: int, seed: int,
                 live.log_metric("train/tokens_per_second", tokens / elapsed)
                 live.log_metric("train/lr", lr_at(step, spec))
                 live.next_step()
+        if should_stop is not None:
+            asked = time.perf_counter()
+            stopped = should_stop(step + 1, tokens)
+            paused += time.perf_counter() - asked
+            if stopped:
+                break
     if running:
         final_loss = sum(running) / len(running)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - paused
     model.eval()
     return TrainResult(steps=done, tokens=tokens, seconds=seconds,
-                       final_loss=final_loss, capped=capped)
+                       final_loss=final_loss, capped=capped, stopped=stopped)
 
 
 def _batch(datas, probabilities, batch_size: int, window: int, offsets, generator):

@@ -1,0 +1,136 @@
+"""studbook vs mergekit on the same mergekit YAML and files, at >= 100 M parameters.
+
+Builds three Llama checkpoints locally with random weights (a base and two children that
+differ from it by small random task vectors; nothing is downloaded), then runs each
+recipe (`ties`, base + 2 models; `linear`, 3 models) through `studbook merge` and through
+mergekit (its `run_merge`, as `mergekit-yaml` calls it), each in a fresh process, and
+reports wall time, peak RSS (the kernel's maximum resident set of that process, from
+wait4) and whether every output tensor is identical.
+
+    python bench/merge_vs_mergekit.py [--hidden 768 --layers 12] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MERGEKIT = """
+import sys, yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+config = MergeConfiguration.model_validate(yaml.safe_load(open(sys.argv[1])))
+run_merge(config, sys.argv[2], MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
+"""
+
+RECIPES = {
+    "ties": "merge_method: ties\nbase_model: {base}\ndtype: float32\nparameters: {{normalize: true}}\n"
+            "models:\n  - {{model: {a}, parameters: {{weight: 0.7, density: 0.5}}}}\n"
+            "  - {{model: {b}, parameters: {{weight: 0.4, density: 0.3}}}}\n",
+    "linear": "merge_method: linear\ndtype: float32\nmodels:\n  - {{model: {base}, parameters: {{weight: 0.4}}}}\n"
+              "  - {{model: {a}, parameters: {{weight: 0.3}}}}\n  - {{model: {b}, parameters: {{weight: 0.3}}}}\n",
+}
+
+
+def measured(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS in bytes of one process."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", DVC_NO_ANALYTICS="1")
+    start = time.perf_counter()
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{process.stderr.read().decode()[-3000:]}")
+    return seconds, usage.ru_maxrss * 1024
+
+
+def build_family(root: Path, hidden: int, layers: int) -> tuple[dict[str, Path], int, int]:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 64 * 64,
+                         num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                         num_key_value_heads=hidden // 64, vocab_size=32000,
+                         tie_word_embeddings=False, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config).state_dict()
+    folders, size = {}, 0
+    for index, name in enumerate(("base", "a", "b")):
+        generator = torch.Generator().manual_seed(100 + index)
+        tensors = {k: (v if name == "base" else v + 0.02 * torch.randn(v.shape, generator=generator)).contiguous()
+                   for k, v in base.items()}
+        folder = root / name
+        folder.mkdir()
+        config.save_pretrained(folder)
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        folders[name] = folder
+        size = (folder / "model.safetensors").stat().st_size
+        del tensors
+    parameters = sum(v.numel() for v in base.values())
+    return folders, parameters, size
+
+
+def identical(ours: Path, theirs: Path) -> tuple[bool, int]:
+    import torch
+    from safetensors import safe_open
+
+    files = sorted(theirs.glob("*.safetensors"))
+    with safe_open(str(ours / "model.safetensors"), "pt") as mine:
+        names = set(mine.keys())
+        seen = 0
+        for file in files:
+            with safe_open(str(file), "pt") as other:
+                for name in other.keys():
+                    seen += 1
+                    if name not in names or not torch.equal(mine.get_tensor(name), other.get_tensor(name)):
+                        return False, seen
+    return seen == len(names), seen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("STUDBOOK_BENCH_TMP")) as scratch:
+        root = Path(scratch)
+        folders, parameters, size = build_family(root, args.hidden, args.layers)
+        print(f"parameters: {parameters}", flush=True)
+        print(f"model_bytes: {size}", flush=True)
+        results["parameters"], results["model_bytes"] = parameters, size
+        python = sys.executable
+        baseline_seconds, baseline_rss = measured([python, "-c", "import torch, safetensors"])
+        results["interpreter"] = {"seconds": baseline_seconds, "peak_rss": baseline_rss}
+        for method, template in RECIPES.items():
+            config = root / f"{method}.yaml"
+            config.write_text(template.format(**{k: str(v) for k, v in folders.items()}))
+            ours_out, theirs_out = root / f"studbook-{method}", root / f"mergekit-{method}"
+            # the inputs were just written, so both tools read them from the page cache
+            ours = measured([python, "-m", "studbook.cli", "merge", str(config), str(ours_out)])
+            theirs = measured([python, "-c", MERGEKIT, str(config), str(theirs_out)])
+            same, tensors = identical(ours_out, theirs_out)
+            row = {"studbook_seconds": ours[0], "mergekit_seconds": theirs[0],
+                   "speedup": theirs[0] / ours[0], "studbook_peak_rss": ours[1],
+                   "mergekit_peak_rss": theirs[1], "identical": same, "tensors": tensors,
+                   "studbook_peak_vs_model_plus_output": ours[1] / (2 * size),
+                   "mergekit_peak_vs_model_plus_output": theirs[1] / (2 * size)}
+            results[method] = row
+            for key, value in row.items():
+                print(f"{method}_{key}: {value:.3f}" if isinstance(value, float) else f"{method}_{key}: {value}",
+                      flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
