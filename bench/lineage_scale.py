@@ -4,7 +4,7 @@ Prints the in-process time of reading the lineage (cards + git history) and rend
 all three formats, the wall time of the whole `studbook lineage` command, and ratios to
 a baseline measured in the same process: parsing the 1 000 card JSON files alone.
 
-    python bench/lineage_scale.py [--generations 1000]
+    python bench/lineage_scale.py [--generations 1000] [--json OUT]
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from synthetic import synthetic_history  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", type=int, default=1000)
+    parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
+    out = Path(args.json).resolve() if args.json else None
     from studbook.lineage import as_json, load, mermaid, text_tree
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -55,6 +57,10 @@ def main() -> None:
     print(f"lineage_render_seconds: {rendered:.3f}  ({rendered / baseline:.1f} x baseline)")
     print(f"lineage_command_seconds: {command:.3f}  ({command / baseline:.1f} x baseline, "
           "interpreter start and imports included)")
+    if out:
+        out.write_text(json.dumps({"generations": args.generations, "baseline_seconds": baseline,
+                                   "load_seconds": loaded, "render_seconds": rendered,
+                                   "command_seconds": command}, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,14 @@ def test_compounding_needs_a_scratch_reference_with_the_same_target(studbook):
         assert not Path("generations/c").exists()  # a bad proposal leaves nothing
 
 
+def test_a_target_on_items_the_generation_trains_on_is_refused(studbook):
+    budget("t1", 4, 3.0)
+    breed("pico")
+    with pytest.raises(StudbookError, match="would also train on") as info:
+        propose("c", "finetune", ["pico"], 0, {**PICO, "train": "t1", "data": "tests_niche"})
+    assert info.value.key == "hard_examples" and info.value.file.endswith("conf/data/tests_niche.yaml")
+
+
 def test_a_target_on_a_held_out_benchmark_is_refused(studbook):
     Path("conf/train/peek.yaml").write_text(yaml.safe_dump({
         "steps": 4, "batch_size": 4, "lr": 1e-2,

@@ -33,3 +33,36 @@ def test_two_step_golden_loss_and_roundtrip(name, tmp_path):
     assert weights_sha256(tmp_path / "m") == weights_sha256(tmp_path / "m2")
     loaded = load_model(tmp_path / "m")
     assert loaded.config.model_type == spec.architecture
+
+
+def _learning_run(budget: TrainSpec, steps: int = 30) -> tuple[float, float, dict]:
+    spec = ModelSpec.model_validate(yaml.safe_load((ROOT / "conf/model/llama_pico.yaml").read_text()))
+    model = build_model(spec, seed=0)
+    stream = encode_bytes(TEXT).astype(np.uint16)
+    first = train(model, stream, TrainSpec.model_validate({**budget.model_dump(), "steps": 1}),
+                  spec.context_length, seed=0).final_loss
+    model = build_model(spec, seed=0)
+    result = train(model, stream, TrainSpec.model_validate({**budget.model_dump(), "steps": steps}),
+                   spec.context_length, seed=0)
+    return first, result.final_loss, {n: p.dtype for n, p in model.named_parameters()}
+
+
+def test_bf16_mixed_learns_with_float32_weights():
+    import torch
+
+    fp32 = TrainSpec(steps=1, batch_size=4, lr=1e-2, log_every=5)
+    bf16 = TrainSpec.model_validate({**fp32.model_dump(), "precision": "bf16-mixed"})
+    start, end, dtypes = _learning_run(bf16)
+    _, end_fp32, _ = _learning_run(fp32)
+    assert set(dtypes.values()) == {torch.float32}  # master weights stay float32
+    assert end < start - 1.0  # it learns
+    assert end != end_fp32 and end == pytest.approx(end_fp32, abs=0.15)  # other rounding, same course
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_closely():
+    eager = TrainSpec(steps=1, batch_size=4, lr=1e-2, log_every=5)
+    compiled = TrainSpec.model_validate({**eager.model_dump(), "compile": True})
+    _, end_eager, _ = _learning_run(eager, steps=10)
+    _, end_compiled, _ = _learning_run(compiled, steps=10)
+    assert end_compiled == pytest.approx(end_eager, abs=0.02)

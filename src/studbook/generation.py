@@ -135,6 +135,13 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
             raise StudbookError(f"'{target.task}' is one of the contract's benchmarks: a stopping "
                                 "rule must not see held-out items (use a mining task)",
                                 file=resolved.group_files["train"], key="target.task")
+        mined = harvest is not None and target.task in harvest.tasks
+        if mined and (recipe.data.hard_examples or recipe.data.replay):
+            raise StudbookError(f"the target is checked on '{target.task}', whose items this generation "
+                                "would also train on (hard examples and replay are mining items); "
+                                "set data.hard_examples and data.replay to 0",
+                                file=resolved.group_files["data"],
+                                key="hard_examples" if recipe.data.hard_examples else "replay")
     if recipe.compounding is not None:
         _check_compounding(name, resolved, conf_dir)
     if check_deps:

@@ -60,6 +60,12 @@ class TrainSpec(Strict):
     max_seconds: float | None = Field(default=None, gt=0, description=(
         "optional wall-clock cap; a capped run is not bit-reproducible and its card says so"))
     log_every: int = Field(default=10, gt=0, description="steps between dvclive points")
+    precision: Literal["fp32", "bf16-mixed"] = Field(default="fp32", description=(
+        "fp32, or bf16-mixed (bfloat16 matmuls under autocast, float32 weights and optimizer); "
+        "part of the recipe because it changes the weights"))
+    compile: bool = Field(default=False, description=(
+        "torch.compile the forward and loss (TorchInductor; needs a C compiler); changes "
+        "floating-point rounding, so it is part of the recipe too"))
     target: TargetSpec | None = Field(default=None, description=(
         "train until this target is reached (or the step budget ends); the card reports "
         "the compute it took"))

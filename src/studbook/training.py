@@ -109,6 +109,25 @@ def train(model, stream, spec, context_length: int, seed: int,
     if teacher is not None:
         teacher.eval()  # no dropout in the targets
     offsets = torch.arange(window)
+
+    def losses(batch):
+        logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+        if teacher is None:
+            ce = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1))
+            return ce, ce
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=batch[:, :-1], use_cache=False).logits
+        return distillation_loss(logits, teacher_logits, batch[:, 1:], distill.temperature, distill.kl_weight)
+
+    # bf16-mixed: matmuls in bfloat16 (AMX or AVX512-BF16 on recent CPUs), weights, optimizer
+    # state and the loss in float32. compile: TorchInductor fuses the elementwise work
+    # (norms, rotary, activations) that dominates a small model's step on a CPU.
+    compute_loss = torch.compile(losses, dynamic=False) if spec.compile else losses
+
+    def autocast(device_type: str):
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=spec.precision == "bf16-mixed")
+
     start = time.perf_counter()
     tokens, done, running, capped, stopped, paused = 0, 0, [], False, False, 0.0
     final_loss = float("nan")
@@ -119,15 +138,8 @@ def train(model, stream, spec, context_length: int, seed: int,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, spec)
         batch = _batch(datas, probabilities, spec.batch_size, window, offsets, generator)
-        logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-        if teacher is not None:
-            with torch.no_grad():
-                teacher_logits = teacher(input_ids=batch[:, :-1], use_cache=False).logits
-            loss, ce = distillation_loss(logits, teacher_logits, batch[:, 1:],
-                                         distill.temperature, distill.kl_weight)
-        else:
-            loss = ce = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1))
+        with autocast(batch.device.type):
+            loss, ce = compute_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, spec.grad_clip)

@@ -1,0 +1,170 @@
+"""Run every benchmark and write one Markdown table (bench/RESULTS.md by default).
+
+Each benchmark runs in its own process and reports JSON; this script only collects the
+figures, compares each with its target and writes the table with the machine it ran on.
+Benchmarks print ratios measured in one run: the machine is shared and noisy.
+
+    python bench/run_all.py [--only train,merge,eval,pipeline,lineage] [--out bench/RESULTS.md]
+
+The whole run takes about half an hour on 2 cores (the pipeline part breeds a founder,
+a from-scratch reference and a child with `dvc repro`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = {
+    "train": ["train_throughput.py"],
+    "merge": ["merge_vs_mergekit.py"],
+    "eval": ["eval_overhead.py"],
+    "pipeline": ["pipeline.py"],
+    "lineage": ["lineage_scale.py"],
+}
+
+
+def run(name: str, scratch: Path) -> dict:
+    out = scratch / f"{name}.json"
+    script, *extra = BENCHES[name]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", DVC_NO_ANALYTICS="1")
+    start = time.perf_counter()
+    print(f"== {name} ({script})", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(HERE / script), *extra, "--json", str(out)], check=True,
+                   cwd=HERE.parent, env=env, stdout=sys.stderr)
+    print(f"== {name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return json.loads(out.read_text())
+
+
+def verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("✔ met" if ok else "✘ missed")
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:,.0f} MiB"
+
+
+def table(results: dict) -> list[tuple[str, str, str, str, str, str]]:
+    rows = []
+    if "train" in results:
+        t = results["train"]
+        rows += [
+            ("training", "tokens/s at the founder size (3.2 M params, batch 8 × 512)",
+             f"{t['studbook_tokens_per_second']:,.0f}", f"{t['plain_tokens_per_second']:,.0f} (plain HF loop)",
+             f"{t['studbook_vs_plain']:.2f}×", "—"),
+            ("training", "share of the fp32 matmul peak (model FLOPs)",
+             f"{100 * t['studbook_share_of_peak']:.1f} %", f"{100 * t['plain_share_of_peak']:.1f} % (plain HF loop)",
+             f"peak {t['matmul_peak_gflops']:.0f} GFLOP/s", verdict(t["studbook_share_of_peak"] >= 0.55) + " (≥ 55 %)"),
+        ]
+    if "merge" in results:
+        m = results["merge"]
+        size = m["model_bytes"]
+        for method in ("ties", "linear"):
+            r = m[method]
+            rows += [
+                (f"merge {method}", f"wall time, 3 parents of {m['parameters'] / 1e6:.0f} M params",
+                 f"{r['studbook_seconds']:.1f} s", f"{r['mergekit_seconds']:.1f} s (mergekit)",
+                 f"{r['speedup']:.2f}× faster", verdict(r["speedup"] >= 2) + " (≥ 2×)"),
+                (f"merge {method}", f"peak RSS vs one model + output ({mib(2 * size)})",
+                 f"{mib(r['studbook_peak_rss'])}", f"{mib(r['mergekit_peak_rss'])} (mergekit)",
+                 f"{r['studbook_peak_vs_model_plus_output']:.2f}× (mergekit {r['mergekit_peak_vs_model_plus_output']:.2f}×)",
+                 verdict(r["studbook_peak_vs_model_plus_output"] <= 1.3) + " (≤ 1.3×)"),
+                (f"merge {method}", "output tensors identical to mergekit's",
+                 "yes" if r["identical"] else "NO", f"{r['tensors']} tensors", "—", verdict(r["identical"])),
+            ]
+    if "eval" in results:
+        e = results["eval"]
+        rows += [
+            ("evaluation", f"lm-eval path vs raw batched forward, {e['documents']} documents",
+             f"{e['lm_eval_seconds']:.1f} s", f"{e['raw_seconds']:.1f} s (raw forward)",
+             f"{e['overhead']:.2f}×", verdict(e["overhead"] <= 1.3) + " (≤ 1.3×)"),
+            ("evaluation", "same numbers: pooled bits/byte",
+             f"{e['lm_eval_bits_per_byte']:.4f}", f"{e['raw_bits_per_byte']:.4f}",
+             f"{100 * e['relative_difference']:.3f} % apart", verdict(e["relative_difference"] <= 0.005)),
+        ]
+    if "pipeline" in results:
+        p = results["pipeline"]
+        c = p["compounding"]
+        rows += [
+            ("pipeline", "founder generation, `dvc repro` (data stages apart)", f"{p['founder_seconds']:.0f} s",
+             f"data stages {p['data_seconds']:.0f} s", "—", "—"),
+            ("pipeline", "child generation (full fine-tune to target), `dvc repro`", f"{p['child_seconds']:.0f} s",
+             f"{p['child_stages_run']} stages ran", "—", "—"),
+            ("pipeline", "parent stages re-run while the child was bred", f"{p['parent_stages_rerun']}", "0",
+             "—", verdict(p["parent_stages_rerun"] == 0)),
+            ("pipeline", f"`dvc repro -P` no-op, {p['generations']} generations ({p['stages']} stages)",
+             f"{p['noop_seconds']:.1f} s", f"{p['floor_seconds']:.1f} s (DVC floor: 2 trivial stages each)",
+             f"{p['noop_vs_floor']:.2f}×", verdict(p["noop_vs_floor"] <= 1.5) + " (≤ 1.5×)"),
+            ("compounding", f"tokens to {c['target']['bits_per_byte']:.2f} bits/byte on `{c['target']['task']}`",
+             f"{c['child']['tokens']:,} (child)" if c["child"]["reached"] else "not reached",
+             f"{c['scratch']['tokens']:,} (from scratch{'' if c['scratch']['reached'] else ', not reached'})",
+             "—" if c["token_ratio"] is None else
+             f"{'≤ ' if c['bound'] == 'at most' else ''}{100 * c['token_ratio']:.1f} %",
+             "—" if c["token_ratio"] is None else verdict(c["token_ratio"] <= 0.10) + " (≤ 10 %)"),
+            ("compounding", "wall time to target",
+             f"{c['child']['seconds']:.0f} s (child)", f"{c['scratch']['seconds']:.0f} s (from scratch)",
+             "—" if c["seconds_ratio"] is None else f"{100 * c['seconds_ratio']:.1f} %", "—"),
+        ]
+    if "lineage" in results:
+        g = results["lineage"]
+        rows += [("lineage", f"`studbook lineage`, {g['generations']:,} generations (whole command)",
+                  f"{g['command_seconds']:.2f} s", f"{g['baseline_seconds']:.3f} s (parsing the cards alone)",
+                  "—", verdict(g["command_seconds"] <= 1.0) + " (≤ 1 s)")]
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent,
+                            capture_output=True, text=True).stdout.strip()
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"commit `{commit}`, {datetime.date.today().isoformat()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(BENCHES))
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)}")
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in chosen:
+            results[name] = run(name, Path(scratch))
+    lines = ["# studbook benchmarks", "", f"Machine: {machine()}.", ""]
+    if "train" in results:
+        lines += [f"Measured fp32 matmul peak: **{results['train']['matmul_peak_gflops']:.0f} GFLOP/s**.", ""]
+    lines += ["| area | measure | studbook | baseline / peer | ratio | target |",
+              "|---|---|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table(results)]
+    if "pipeline" in results:
+        lines += ["", "On the child's card:", "", "> " + results["pipeline"]["child_card_line"]]
+    lines += ["", "Raw figures:", "", "```json", json.dumps(results, indent=1, sort_keys=True), "```", ""]
+    text = "\n".join(lines)
+    Path(args.out).write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
