@@ -7,7 +7,8 @@ a founder-sized Llama (llama_3m, seeded random weights, so no population is need
   loading, per-item samples) exactly as the evaluate stage runs it;
 - raw: the same documents, byte-tokenized, cut into lm-eval's rolling windows
   (prefix token, context_len 1), padded into batches of the same size, one forward pass
-  per batch, summed log-probabilities.
+  per batch, summed log-probabilities (`studbook.targets.bits_per_byte`, the check that
+  training to a target uses).
 
 Prints both wall times, the overhead ratio and the two bits-per-byte figures (which must
 agree: the raw pass is the reference for what lm-eval computes).
@@ -19,53 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from common import report  # the bench folder is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["stdlib_bpb_general", "stdlib_bpb_tests", "stdlib_bpb_concurrency", "stdlib_bpb_net_email"]
-
-
-def rolling_windows(ids: list[int], prefix: int, max_length: int) -> list[tuple[list[int], int]]:
-    """lm-eval's rolling windows with context_len 1: (input ids, how many trailing targets count)."""
-    tokens = [prefix] + ids
-    windows, predicted = [], 0
-    while predicted < len(ids):
-        end = min(predicted + max_length, len(ids))
-        start = max(0, end - max_length)  # input positions in `tokens` are [start, end)
-        windows.append((tokens[start:end + 1], end - predicted))
-        predicted = end
-    return windows
-
-
-def raw_bits_per_byte(model, tokenizer, texts: list[str], batch_size: int, max_length: int) -> float:
-    import torch
-
-    prefix = tokenizer.eos_token_id
-    jobs = []
-    for text in texts:
-        jobs.extend(rolling_windows(tokenizer(text, add_special_tokens=False)["input_ids"], prefix, max_length))
-    jobs.sort(key=lambda job: -len(job[0]))  # like lm-eval: longest first, little padding
-    nats = 0.0
-    with torch.inference_mode():
-        for first in range(0, len(jobs), batch_size):
-            chunk = jobs[first:first + batch_size]
-            width = len(chunk[0][0]) - 1
-            inputs = torch.zeros(len(chunk), width, dtype=torch.long)
-            for row, (window, _) in enumerate(chunk):
-                inputs[row, :len(window) - 1] = torch.tensor(window[:-1])
-            logprobs = torch.log_softmax(model(input_ids=inputs).logits.float(), dim=-1)
-            for row, (window, counted) in enumerate(chunk):
-                targets = torch.tensor(window[1:])
-                length = len(targets)
-                picked = logprobs[row, :length].gather(1, targets[:, None])[:, 0]
-                nats -= picked[length - counted:].sum().item()
-    total_bytes = sum(len(text.encode("utf-8")) for text in texts)
-    return nats / math.log(2) / total_bytes
 
 
 def main() -> None:
@@ -79,6 +43,7 @@ def main() -> None:
     from studbook.evaluation import evaluate_model
     from studbook.recipes import EvaluationSpec, ModelSpec
     from studbook.runtime import offline
+    from studbook.targets import bits_per_byte
     from studbook.tokenizer import build_tokenizer, load_tokenizer
 
     offline()
@@ -105,7 +70,7 @@ def main() -> None:
         start = time.perf_counter()
         model, tokenizer = load_model(folder), load_tokenizer(folder)
         model.eval()
-        raw = raw_bits_per_byte(model, tokenizer, texts, evaluation.batch_size, spec.context_length)
+        raw = bits_per_byte(model, tokenizer, texts, evaluation.batch_size, spec.context_length)
         raw_seconds = time.perf_counter() - start
     pooled_bits = sum(row["bits_per_byte"] * row["bytes"] for task in TASKS for row in result["samples"][task])
     pooled = pooled_bits / sum(row["bytes"] for task in TASKS for row in result["samples"][task])
@@ -114,11 +79,7 @@ def main() -> None:
                "overhead": lm_eval_seconds / raw_seconds,
                "lm_eval_bits_per_byte": pooled, "raw_bits_per_byte": raw,
                "relative_difference": abs(pooled - raw) / raw}
-    for key, value in figures.items():
-        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-
+    report(figures, args.json)
 
 if __name__ == "__main__":
     main()

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from common import report  # the bench folder is on sys.path when run as a script
+
 PY = sys.executable
 
 
@@ -152,11 +154,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
-    for key, value in figures.items():
-        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-
+    report(figures, args.json)
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,6 @@ utilisation.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -32,6 +31,8 @@ import yaml
 from studbook.artifacts import build_model, parameter_count
 from studbook.recipes import ModelSpec, TrainSpec
 from studbook.training import train
+
+from common import report  # the bench folder is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,11 +117,7 @@ def main() -> None:
         "fast_share_of_peak": fast * per_token / 1e9 / peak,
         "fast_vs_plain": fast / plain,
     }
-    for key, value in figures.items():
-        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-
+    report(figures, args.json)
 
 if __name__ == "__main__":
     main()

@@ -193,6 +193,9 @@ def test_lora_child_is_a_peft_adapter_pinned_to_its_base(child):
     repo, log = child
     for line in ("method: lora", "kind: adapter", "generation: pico-lora"):
         assert line in log
+    # the parent is never re-scored (or re-bred) while its child is: only the child's stages ran
+    assert "Running stage 'generations/pico/" not in log
+    assert log.count("Running stage 'generations/pico-lora/") == 6
     recipe = (repo / "generations/pico-lora/recipe.yaml").read_text()
     assert "selection:" in recipe and "chosen:\n  - pico" in recipe
     code = ("from peft import PeftModel\n"

@@ -373,3 +373,19 @@ def test_adapter_files_are_byte_identical_across_processes(studbook):
     first = (Path("generations/x1/bred/adapter_config.json")).read_bytes()
     assert first == Path("generations/x2/bred/adapter_config.json").read_bytes()
     assert json.loads(first)["target_modules"] == sorted(json.loads(first)["target_modules"])
+
+
+def test_finetune_starts_from_the_parent_byte_for_byte_and_trains_every_weight(studbook):
+    from studbook.atomic import sha256_file
+
+    parent = plant("base")
+    propose("ft", "finetune", ["base"], 0, PICO)
+    facts = pipeline.breed("ft")
+    assert sha256_file("generations/ft/bred/model.safetensors") == sha256_file(parent / "model.safetensors")
+    pipeline.train("ft")
+    before, after = load_file(str(parent / "model.safetensors")), load_file("models/ft/model.safetensors")
+    assert sorted(before) == sorted(after)
+    assert all(not torch.equal(before[name], after[name]) for name in before)  # every weight moved
+    meta = read_meta("models/ft")
+    assert meta["relation"] == "finetune" and meta["parents"][0]["name"] == "base"
+    assert facts["method"] == "finetune"

@@ -27,6 +27,8 @@ class EcologyMember(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     choices: dict[str, str]
     seed: int = 1234
+    scratch_reference: str | None = Field(default=None, description=(
+        "a from-scratch member trained to the same target (compute-to-target on the card)"))
 
 
 class Ecology(BaseModel):
@@ -74,6 +76,8 @@ def build(ecology_file: str | Path, clone_dir: str | Path, source: str | Path = 
                 cmd += [f"--{group}", option]
             if member.parameters:
                 cmd += ["--parameters", yaml.safe_dump(member.parameters, default_flow_style=True)]
+            if member.scratch_reference:
+                cmd += ["--scratch-reference", member.scratch_reference]
             _run(cmd, clone, log)
         out = _run([python, "-m", "dvc", "repro", f"generations/{member.name}/dvc.yaml"], clone, log)
         summary = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in out.splitlines()
