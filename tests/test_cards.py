@@ -36,7 +36,7 @@ CONTEXT = {
     "guards": [{"task": "stdlib_nextline_tests", "metric": "acc", "child": 0.5625,
                 "parent": 0.25, "change": 0.3125, "change_ci_low": 0.2, "change_ci_high": 0.4, "tolerance": 0.05, "ok": True}],
     "studbook_relation": "founder", "teacher": None, "base": None, "total_parameters": 3230720,
-    "retention": None,
+    "retention": None, "target": None, "compounding": None,
     "hard_examples": {"file": "hard_examples/stdlib_code/founder.jsonl", "total": 32, "new": 32},
     "front_matter": {"library_name": "transformers",
                      "model-index": [{"name": "founder", "results": []}]},
@@ -92,3 +92,29 @@ def test_fixed_precision():
     assert fmt(2.0, "bits_per_byte") == "2.0000"
     assert fmt(-0.00004, "bits_per_byte", signed=True) == "-0.0000"
     assert fmt(None) == "—"
+
+
+def test_compounding_section_states_the_ratio_and_its_bound():
+    from studbook.cards import compounding
+
+    context = copy.deepcopy(CONTEXT)
+    target = {"task": "stdlib_mining_bpb_tests", "bits_per_byte": 3.05, "every": 10, "items": 48,
+              "reached": True, "steps": 20, "tokens": 81920, "curve": []}
+    child = {"steps": 20, "tokens": 81920, "flops": 1.6e12, "seconds": 21.4, "capped_by_seconds": False,
+             "target": target}
+    scratch = {"steps": 400, "tokens": 1638400, "flops": 3.2e13, "seconds": 433.0,
+               "target": {**target, "reached": False, "steps": None, "tokens": None}}
+    row = compounding(child, "tests-scratch", scratch)
+    assert row["token_ratio"] == 0.05 and row["bound"] == "at most"
+    context.update(method="finetune", parents=[{"name": "founder", "sha256": "cd" * 32}],
+                   compute=child, target=target, compounding=row)
+    text = render_card(context)
+    assert "reached at step 20, after 81.9 ktokens" in text
+    assert "| `tests-scratch` | from scratch | 400 | 1.64 M | 433 s | not reached |" in text
+    assert ("with at most 5.0 % of the tokens `tests-scratch` needed from scratch "
+            "(`tests-scratch` did not reach it within its budget) (4.9 % of its wall time).") in text
+    assert render_card(copy.deepcopy(context)) == text
+    # a child that does not reach the target has no ratio
+    missed = compounding({**child, "target": {**target, "reached": False, "steps": None, "tokens": None}},
+                         "tests-scratch", scratch)
+    assert missed["token_ratio"] is None and missed["bound"] is None

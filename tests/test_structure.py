@@ -46,7 +46,8 @@ def test_every_stage_script_exists_and_is_a_dep(pipeline):
             corpus="data/corpus", artifact="adapters/x", breed_deps=["src/studbook/merging.py"],
             has_parents=True, harvest=True, hard_examples="hard_examples/c/x.jsonl",
             hard_examples_task="hard_examples/c/x.yaml", parent_hard_examples=["hard_examples/c/p.jsonl"],
-            parent_artifacts=["models/p"], parent_evals=["generations/p/eval"])
+            parent_artifacts=["models/p"], parent_evals=["generations/p/eval"], target=True,
+            scratch_reference=["models/s", "generations/s/live"])
     stages = yaml.safe_load(text)["stages"]
     for name, stage in stages.items():
         script = stage["cmd"].split()[1]
