@@ -40,7 +40,12 @@ RECIPES = {
 
 
 def measured(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS in bytes of one process."""
+    """Wall seconds and peak RSS in bytes of one process.
+
+    Linux carries the parent's resident size into a child's ru_maxrss across fork and
+    exec, so this must be called from a small process: the checkpoints are built in a
+    child process and the tensors compared only after every measurement.
+    """
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", DVC_NO_ANALYTICS="1")
     start = time.perf_counter()
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -59,7 +64,8 @@ def build_family(root: Path, hidden: int, layers: int) -> tuple[dict[str, Path],
     config = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 64 * 64,
                          num_hidden_layers=layers, num_attention_heads=hidden // 64,
                          num_key_value_heads=hidden // 64, vocab_size=32000,
-                         tie_word_embeddings=False, max_position_embeddings=2048)
+                         tie_word_embeddings=False, max_position_embeddings=2048,
+                         architectures=["LlamaForCausalLM"])  # mergekit reads the architecture from here
     torch.manual_seed(0)
     base = LlamaForCausalLM(config).state_dict()
     folders, size = {}, 0
@@ -100,11 +106,20 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--build", help=argparse.SUPPRESS)  # internal: build the checkpoints here
     args = parser.parse_args()
+    if args.build:
+        _, parameters, size = build_family(Path(args.build), args.hidden, args.layers)
+        print(json.dumps({"parameters": parameters, "model_bytes": size}))
+        return
     results = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("STUDBOOK_BENCH_TMP")) as scratch:
         root = Path(scratch)
-        folders, parameters, size = build_family(root, args.hidden, args.layers)
+        built = subprocess.run([sys.executable, __file__, "--build", str(root), "--hidden", str(args.hidden),
+                                "--layers", str(args.layers)], check=True, capture_output=True, text=True)
+        facts = json.loads(built.stdout.strip().splitlines()[-1])
+        folders = {name: root / name for name in ("base", "a", "b")}
+        parameters, size = facts["parameters"], facts["model_bytes"]
         print(f"parameters: {parameters}", flush=True)
         print(f"model_bytes: {size}", flush=True)
         results["parameters"], results["model_bytes"] = parameters, size
@@ -118,6 +133,9 @@ def main() -> None:
             # the inputs were just written, so both tools read them from the page cache
             ours = measured([python, "-m", "studbook.cli", "merge", str(config), str(ours_out)])
             theirs = measured([python, "-c", MERGEKIT, str(config), str(theirs_out)])
+            results[method] = (ours, theirs)
+        for method in RECIPES:
+            (ours, theirs), ours_out, theirs_out = results[method], root / f"studbook-{method}", root / f"mergekit-{method}"
             same, tensors = identical(ours_out, theirs_out)
             row = {"studbook_seconds": ours[0], "mergekit_seconds": theirs[0],
                    "speedup": theirs[0] / ours[0], "studbook_peak_rss": ours[1],

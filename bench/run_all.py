@@ -4,7 +4,9 @@ Each benchmark runs in its own process and reports JSON; this script only collec
 figures, compares each with its target and writes the table with the machine it ran on.
 Benchmarks print ratios measured in one run: the machine is shared and noisy.
 
-    python bench/run_all.py [--only train,merge,eval,pipeline,lineage] [--out bench/RESULTS.md]
+    python bench/run_all.py [--only train,merge,eval,pipeline,lineage] [--out bench/RESULTS.md] [--fresh]
+
+With --only, the other benchmarks' figures of the last run (bench/RESULTS.json) are kept.
 
 The whole run takes about half an hour on 2 cores (the pipeline part breeds a founder,
 a from-scratch reference and a child with `dvc repro`).
@@ -142,16 +144,22 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
-    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"),
+                        help="the Markdown table; the raw figures go beside it (.json)")
+    parser.add_argument("--fresh", action="store_true", help="forget figures of earlier runs")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(BENCHES))
     if unknown:
         raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)}")
-    results = {}
+    raw = Path(args.out).with_suffix(".json")
+    # a partial run (--only) keeps the other benchmarks' last figures, so one table holds all
+    results = json.loads(raw.read_text()) if raw.is_file() and not args.fresh else {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in chosen:
             results[name] = run(name, Path(scratch))
+            raw.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    results = {name: results[name] for name in BENCHES if name in results}
     lines = ["# studbook benchmarks", "", f"Machine: {machine()}.", ""]
     if "train" in results:
         lines += [f"Measured fp32 matmul peak: **{results['train']['matmul_peak_gflops']:.0f} GFLOP/s**.", ""]
@@ -160,7 +168,7 @@ def main() -> None:
     lines += ["| " + " | ".join(row) + " |" for row in table(results)]
     if "pipeline" in results:
         lines += ["", "On the child's card:", "", "> " + results["pipeline"]["child_card_line"]]
-    lines += ["", "Raw figures:", "", "```json", json.dumps(results, indent=1, sort_keys=True), "```", ""]
+    lines += ["", f"Raw figures: `{raw.name}` beside this file.", ""]
     text = "\n".join(lines)
     Path(args.out).write_text(text, encoding="utf-8")
     print(text)

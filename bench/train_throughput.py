@@ -2,7 +2,8 @@
 
 In one process (the machine is shared and noisy, so only same-run ratios mean much):
 
-- the fp32 matmul peak: best GFLOP/s of square matmuls (n = 1024, 2048) over repeats;
+- the fp32 matmul peak: best GFLOP/s of square matmuls (n = 1024, 2048, 4096) over
+  repeats, measured before and after the training runs;
 - a plain HF loop: `model(input_ids, labels=input_ids).loss`, `torch.optim.AdamW`,
   backward, step — what a user would write first;
 - studbook's `train()` with the founder's budget, as is (conf/train/founder.yaml: fp32,
@@ -37,7 +38,7 @@ from common import report  # the bench folder is on sys.path when run as a scrip
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def matmul_peak(dtype=torch.float32, sizes=(1024, 2048), repeats: int = 10) -> float:
+def matmul_peak(dtype=torch.float32, sizes=(1024, 2048, 4096), repeats: int = 10) -> float:
     """Best GFLOP/s of an n x n matmul."""
     best = 0.0
     for n in sizes:
@@ -101,6 +102,7 @@ def main() -> None:
                                       budgets["founder"].lr))
         ours = max(ours, studbook_loop(spec, stream, budgets["founder"]))
         fast = max(fast, studbook_loop(spec, stream, budgets["founder_fast"]))
+    peak = max(peak, matmul_peak())  # before and after: a busy neighbour must not lower the yardstick
     per_token = flops_per_token(build_model(spec, seed=0), spec.context_length)
     figures = {
         "threads": torch.get_num_threads(),

@@ -195,3 +195,23 @@ def test_bad_merge_configs_name_the_key(config, key, words):
         parse_config(config, file="merge.yaml")
     assert info.value.file == "merge.yaml" and info.value.key == key
     assert words in str(info.value)
+
+
+def test_magnitude_pruning_breaks_exact_ties_as_mergekit_does():
+    from mergekit.sparsify import magnitude
+    from peft.utils.merge_utils import magnitude_based_pruning
+
+    from studbook.merges._task_vectors import magnitude_prune
+
+    generator = torch.Generator().manual_seed(0)
+    base = 0.02 * torch.randn(512, 256, generator=generator)
+    child = base + 0.02 * torch.randn(base.shape, generator=generator)
+    delta = child - base  # on the base's floating-point grid: many magnitudes tie exactly
+    assert delta.abs().unique().numel() < delta.numel()
+    for density in (0.5, 0.3):
+        ours = magnitude_prune(delta, density)
+        assert torch.equal(ours, magnitude(delta, density))
+        assert (ours != 0).sum() == int(density * delta.numel())
+    # PEFT's top-k keeps the same number of entries but may pick others among the ties
+    peft = magnitude_based_pruning(delta, 0.3)
+    assert (peft != 0).sum() == (magnitude_prune(delta, 0.3) != 0).sum()
