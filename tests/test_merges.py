@@ -215,3 +215,23 @@ def test_magnitude_pruning_breaks_exact_ties_as_mergekit_does():
     # PEFT's top-k keeps the same number of entries but may pick others among the ties
     peft = magnitude_based_pruning(delta, 0.3)
     assert (peft != 0).sum() == (magnitude_prune(delta, 0.3) != 0).sum()
+
+
+def test_magnitude_pruning_sorts_only_when_ties_straddle_the_cut(monkeypatch):
+    from mergekit.sparsify import magnitude
+
+    from studbook.merges._task_vectors import magnitude_prune
+
+    sorts = []
+    argsort = torch.argsort
+    monkeypatch.setattr(torch, "argsort", lambda *a, **k: sorts.append(1) or argsort(*a, **k))
+    distinct = torch.arange(1, 4097, dtype=torch.float32).reshape(64, 64) * (-1) ** torch.arange(4096).reshape(64, 64)
+    straddling = torch.tensor([3.0, -1.0, 2.0, -2.0, 2.0, 0.5, -2.0, 1.0])  # keep 3: one of three 2s
+    tiny = torch.tensor([[0.1, -0.4], [0.4, 0.2]])  # density below 1/n keeps one entry
+    cases = [(distinct, 0.25, 0), (straddling, 0.4, 1), (tiny, 0.1, 1), (tiny, 0.0, 0), (tiny, 1.0, 0)]
+    for delta, density, expected_sorts in cases:
+        sorts.clear()
+        ours = magnitude_prune(delta, density)
+        assert len(sorts) == expected_sorts, (delta.shape, density)
+        assert torch.equal(ours, magnitude(delta, density))
+    assert (magnitude_prune(distinct, 0.25) != 0).sum() == 1024
