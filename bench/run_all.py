@@ -66,6 +66,10 @@ def table(results: dict) -> list[tuple[str, str, str, str, str, str]]:
             ("training", "share of the fp32 matmul peak (model FLOPs)",
              f"{100 * t['studbook_share_of_peak']:.1f} %", f"{100 * t['plain_share_of_peak']:.1f} % (plain HF loop)",
              f"peak {t['matmul_peak_gflops']:.0f} GFLOP/s", verdict(t["studbook_share_of_peak"] >= 0.55) + " (≥ 55 %)"),
+            ("training", "bf16-mixed + compile (`founder_fast.yaml`): tokens/s, share of the fp32 peak",
+             f"{t['fast_tokens_per_second']:,.0f} ({100 * t['fast_share_of_peak']:.1f} %)",
+             f"{t['plain_tokens_per_second']:,.0f} (plain HF loop)",
+             f"{t['fast_vs_plain']:.2f}× (bf16 matmul peak {t['bf16_matmul_peak_gflops']:.0f} GFLOP/s)", "—"),
         ]
     if "merge" in results:
         m = results["merge"]
@@ -143,7 +147,8 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
+    parser.add_argument("--only", default=",".join(BENCHES),
+                        help="comma-separated: " + ", ".join(BENCHES) + " (empty: only re-render the table)")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"),
                         help="the Markdown table; the raw figures go beside it (.json)")
     parser.add_argument("--fresh", action="store_true", help="forget figures of earlier runs")
