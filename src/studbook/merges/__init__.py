@@ -22,7 +22,9 @@ from ..errors import StudbookError
 class MergeMethod:
     name: str
     # merge(base, tensors, per_model, shared) -> tensor. `tensors` excludes the base;
-    # per_model[i] holds the resolved per-model parameters of tensors[i].
+    # per_model[i] holds the resolved per-model parameters of tensors[i]. A method may
+    # consume the `tensors` list (set entries to None) to free inputs early: pass a copy
+    # if you still need it; the tensors themselves are never modified.
     merge: Callable[..., Any]
     needs_base: bool
     min_models: int

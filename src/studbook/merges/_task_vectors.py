@@ -14,6 +14,8 @@ Two things differ from a literal transcription, both for the cost of large tenso
   other TIES tensors, bench/merge_vs_mergekit.py). A selection (`kthvalue`, linear time)
   finds the cut; only when ties straddle it does the argsort run, so the result is always
   argsort's and the sort is rare.
+- The method consumes its `tensors` list (entries become None) so each input is freed
+  once its task vector exists, and pruning works in place on that task vector.
 - Sign election and the weighted sum run over column chunks of the stacked task vectors,
   so their temporaries (signs, masks, products) are a few MB instead of several copies of
   the largest tensor. Every output element sees the same operations in the same order.
@@ -24,7 +26,7 @@ from __future__ import annotations
 CHUNK_ELEMENTS = 1 << 20  # columns per chunk in the sign election and sum
 
 
-def magnitude_prune(delta, density: float):
+def magnitude_prune(delta, density: float, inplace: bool = False):
     """Keep the max(1, int(density x n)) largest magnitudes, as mergekit's `magnitude` does."""
     import torch
 
@@ -43,7 +45,9 @@ def magnitude_prune(delta, density: float):
         order = torch.argsort(magnitudes, descending=True)[:keep]
         mask = torch.zeros(count, dtype=torch.bool)
         mask[order] = True
-    return delta * mask.view_as(delta)
+    del magnitudes
+    mask = mask.view_as(delta)  # x*1 and x*0, as mergekit's float mask gives
+    return delta.mul_(mask) if inplace else delta * mask
 
 
 def combine(base, tensors, per_model, shared, prune: str | None, elect_sign: bool):
@@ -52,11 +56,14 @@ def combine(base, tensors, per_model, shared, prune: str | None, elect_sign: boo
     if not tensors:
         return base
     deltas = []
-    for tensor, params in zip(tensors, per_model):
+    for index, params in enumerate(per_model):
+        # consume the caller's list: each input is freed as soon as its task vector exists
+        tensor, tensors[index] = tensors[index], None
         delta = tensor - base
+        del tensor
         density = params.get("density", 1.0)
         if prune == "magnitude":
-            delta = magnitude_prune(delta, density)
+            delta = magnitude_prune(delta, density, inplace=True)
         elif prune == "random" and density < 1:
             from peft.utils.merge_utils import random_pruning  # imported only where used
 
