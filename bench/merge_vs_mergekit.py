@@ -112,7 +112,7 @@ def main() -> None:
         _, parameters, size = build_family(Path(args.build), args.hidden, args.layers)
         print(json.dumps({"parameters": parameters, "model_bytes": size}))
         return
-    results = {}
+    results, timings = {}, {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("STUDBOOK_BENCH_TMP")) as scratch:
         root = Path(scratch)
         built = subprocess.run([sys.executable, __file__, "--build", str(root), "--hidden", str(args.hidden),
@@ -133,9 +133,9 @@ def main() -> None:
             # the inputs were just written, so both tools read them from the page cache
             ours = measured([python, "-m", "studbook.cli", "merge", str(config), str(ours_out)])
             theirs = measured([python, "-c", MERGEKIT, str(config), str(theirs_out)])
-            results[method] = (ours, theirs)
-        for method in RECIPES:
-            (ours, theirs), ours_out, theirs_out = results[method], root / f"studbook-{method}", root / f"mergekit-{method}"
+            timings[method] = (ours, theirs)
+        for method in RECIPES:  # compared only after every measurement (see `measured`)
+            (ours, theirs), ours_out, theirs_out = timings[method], root / f"studbook-{method}", root / f"mergekit-{method}"
             same, tensors = identical(ours_out, theirs_out)
             row = {"studbook_seconds": ours[0], "mergekit_seconds": theirs[0],
                    "speedup": theirs[0] / ours[0], "studbook_peak_rss": ours[1],

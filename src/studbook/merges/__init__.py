@@ -3,9 +3,10 @@
 A merge method turns the same-named tensor of every input model into one output tensor.
 It declares which parameters it reads (per input model, such as `weight` and `density`,
 or shared, such as `normalize`), with defaults as in mergekit, so a mergekit-format
-recipe means the same thing here. Merge maths comes from `peft.utils.merge_utils` where
-PEFT has it; what PEFT lacks (SLERP, mergekit's weight normalisation) is written here
-and tested against the published definition and against mergekit's own tensors.
+recipe means the same thing here. DARE's random pruning is PEFT's
+(`peft.utils.merge_utils`); the rest follows mergekit operation for operation (see
+`_task_vectors` for why magnitude pruning and sign election are not PEFT's) and is tested
+against the published definitions and against mergekit's own tensors.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ so it registers nothing). Random pruning is PEFT's function; magnitude pruning, 
 election, weighting and normalisation follow mergekit's generalised task arithmetic
 operation for operation, so recipes written for mergekit give its tensors bit for bit.
 
-Two things differ from a literal transcription, both for the cost of large tensors:
+Three things differ from a literal transcription, all for the cost of large tensors:
 
 - Magnitude pruning keeps what mergekit's descending argsort keeps. A task vector
   `child - base` lies on the base's floating-point grid, so magnitudes often tie exactly,
@@ -19,6 +19,9 @@ Two things differ from a literal transcription, both for the cost of large tenso
 - Sign election and the weighted sum run over column chunks of the stacked task vectors,
   so their temporaries (signs, masks, products) are a few MB instead of several copies of
   the largest tensor. Every output element sees the same operations in the same order.
+  The sign rule is written out (three lines) rather than taken from PEFT's
+  `calculate_majority_sign_mask`: importing peft costs ~160 MB of resident memory, more
+  than the merge's own working set allows; peft is imported only for DARE.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """ties: trim, elect sign, disjoint merge (Yadav et al. 2023, TIES-Merging).
 
 Each task vector keeps its `density` fraction of largest magnitudes (ties at the cut
-broken as mergekit breaks them, see `_task_vectors`), the sign with the larger total weighted mass wins per entry
-(PEFT's `calculate_majority_sign_mask`, method "total"), and agreeing entries are summed.
+broken as mergekit breaks them, see `_task_vectors`), the sign with the larger total
+weighted mass wins per entry (mergekit's `get_mask`, method "sum"; PEFT's
+`calculate_majority_sign_mask`, method "total", is the same rule), and agreeing entries
+are summed.
 `normalize` (on by default, as in mergekit) divides by the weights of the agreeing models.
 """
 
