@@ -3,11 +3,11 @@
 Both score the contract's held-out bits-per-byte tasks (the four `stdlib_bpb_*` tasks) on
 a founder-sized Llama (llama_3m, seeded random weights, so no population is needed):
 
-- lm-eval path: `studbook.evaluation.evaluate_model` (HFLM + simple_evaluate, task
+- lm-eval path: `studbook.evidence.evaluation.evaluate_model` (HFLM + simple_evaluate, task
   loading, per-item samples) exactly as the evaluate stage runs it;
 - raw: the same documents, byte-tokenized, cut into lm-eval's rolling windows
   (prefix token, context_len 1), padded into batches of the same size, one forward pass
-  per batch, summed log-probabilities (`studbook.targets.bits_per_byte`, the check that
+  per batch, summed log-probabilities (`studbook.operators.targets.bits_per_byte`, the check that
   training to a target uses).
 
 Prints both wall times, the overhead ratio and the two bits-per-byte figures (which must
@@ -39,12 +39,12 @@ def main() -> None:
 
     import torch
 
-    from studbook.artifacts import build_model, load_model, save_model
-    from studbook.evaluation import evaluate_model
-    from studbook.recipes import EvaluationSpec, ModelSpec
-    from studbook.runtime import offline
-    from studbook.targets import bits_per_byte
-    from studbook.tokenizer import build_tokenizer, load_tokenizer
+    from studbook.operators.artifacts import build_model, load_model, save_model
+    from studbook.evidence.evaluation import evaluate_model
+    from studbook.repository.recipes import EvaluationSpec, ModelSpec
+    from studbook.core.runtime import offline
+    from studbook.operators.targets import bits_per_byte
+    from studbook.operators.tokenizer import build_tokenizer, load_tokenizer
 
     offline()
     spec = ModelSpec.model_validate(yaml.safe_load((ROOT / "conf/model/llama_3m.yaml").read_text()))

@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     out = Path(args.json).resolve() if args.json else None
-    from studbook.lineage import as_json, load, mermaid, text_tree
+    from studbook.repository.lineage import as_json, load, mermaid, text_tree
 
     with tempfile.TemporaryDirectory() as scratch:
         repo = Path(scratch) / "repo"

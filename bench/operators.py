@@ -27,13 +27,13 @@ def main() -> None:
 
     from peft import get_peft_model
 
-    from studbook.artifacts import build_model, save_model
-    from studbook.merging import merge_from_yaml
-    from studbook.methods.distill import DistillParameters
-    from studbook.methods.lora import LoraParameters, lora_config
-    from studbook.recipes import ModelSpec, TrainSpec
-    from studbook.tokenizer import build_tokenizer
-    from studbook.training import train
+    from studbook.operators.artifacts import build_model, save_model
+    from studbook.operators.merging import merge_from_yaml
+    from studbook.operators.methods.distill import DistillParameters
+    from studbook.operators.methods.lora import LoraParameters, lora_config
+    from studbook.repository.recipes import ModelSpec, TrainSpec
+    from studbook.operators.tokenizer import build_tokenizer
+    from studbook.operators.training import train
 
     root = Path(__file__).resolve().parents[1]
     spec = ModelSpec.model_validate(yaml.safe_load((root / "conf/model/llama_3m.yaml").read_text()))

@@ -62,7 +62,8 @@ def grow(repo: Path, source: str, count: int) -> None:
     """Add `count` generations whose recipes copy `source`'s and whose outputs are recorded."""
     names = [f"copy-{index:03d}" for index in range(count)]
     code = ("import sys\n"
-            "from studbook.generation import load_generation, propose\n"
+            "from studbook.repository.generation import load_generation\n"
+            "from studbook.repository.proposal import propose\n"
             "source = load_generation(sys.argv[1])\n"
             "r = source.recipe\n"
             "for name in sys.argv[2:]:\n"

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import yaml
 
-from studbook.artifacts import build_model, parameter_count
-from studbook.recipes import ModelSpec, TrainSpec
-from studbook.training import train
+from studbook.operators.artifacts import build_model, parameter_count
+from studbook.repository.recipes import ModelSpec, TrainSpec
+from studbook.operators.training import train
 
 from common import report  # the bench folder is on sys.path when run as a script
 

@@ -1,21 +1,14 @@
-"""Stage build_benchmarks: benchmark items per niche from the corpus (params: benchmarks)."""
+"""Stage build_benchmarks: `python stages/build_benchmarks.py` (body: `studbook.stages.build_benchmarks`)."""
 
-from studbook.benchmarks import BenchmarkParams, build_benchmarks
-from studbook.params import load_params_section
-from studbook.runtime import offline, summary
+import sys
+from pathlib import Path
 
+# The repository's own library comes first, whichever environment is active: the code
+# DVC tracks for this stage is the code that runs.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-def main() -> None:
-    offline()
-    params = load_params_section("benchmarks", BenchmarkParams)
-    counts = build_benchmarks("data/corpus", params, "data/benchmarks")
-    summary({
-        f"{split}_{niche}_{kind}": n
-        for split, niches in counts.items()
-        for niche, kinds in niches.items()
-        for kind, n in kinds.items()
-    })
-
+from studbook.core.runtime import run_shared_stage  # noqa: E402
+from studbook.stages import build_benchmarks  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    run_shared_stage(build_benchmarks)

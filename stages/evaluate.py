@@ -1,7 +1,14 @@
-"""Stage evaluate: `python stages/evaluate.py NAME` for generations/NAME (see its dvc.yaml)."""
+"""Stage evaluate: `python stages/evaluate.py NAME` (body: `studbook.stages.evaluate`)."""
 
-from studbook.pipeline import evaluate
-from studbook.runtime import run_stage
+import sys
+from pathlib import Path
+
+# The repository's own library comes first, whichever environment is active: the code
+# DVC tracks for this stage is the code that runs.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from studbook.stages.entry import run_generation_stage  # noqa: E402
+from studbook.stages import evaluate  # noqa: E402
 
 if __name__ == "__main__":
-    run_stage(evaluate)
+    run_generation_stage(evaluate)

@@ -1,22 +1,14 @@
-"""Stage prepare_data: the stdlib-code corpus, split by file hash (params: data)."""
+"""Stage prepare_data: `python stages/prepare_data.py` (body: `studbook.stages.prepare_data`)."""
 
-from studbook.data import DataParams, build_corpus
-from studbook.params import load_params_section
-from studbook.runtime import offline, summary
+import sys
+from pathlib import Path
 
+# The repository's own library comes first, whichever environment is active: the code
+# DVC tracks for this stage is the code that runs.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-def main() -> None:
-    offline()
-    params = load_params_section("data", DataParams)
-    manifest = build_corpus(params, "data/corpus")
-    splits = manifest["splits"]
-    summary({
-        "python_version": manifest["python_version"],
-        "content_sha256": manifest["content_sha256"],
-        "files": manifest["files"],
-        **{f"{s}_bytes": sum(n["bytes"] for n in splits[s].values()) for s in splits},
-    })
-
+from studbook.core.runtime import run_shared_stage  # noqa: E402
+from studbook.stages import prepare_data  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    run_shared_stage(prepare_data)

@@ -4,7 +4,7 @@ import difflib
 import pytest
 from jinja2.exceptions import SecurityError
 
-from studbook.cards import fmt, render_card
+from studbook.evidence.cards import fmt, render_card
 
 CONTEXT = {
     "name": "founder", "kind": "model", "method": "scratch", "relation": None,
@@ -37,6 +37,9 @@ CONTEXT = {
                 "parent": 0.25, "change": 0.3125, "change_ci_low": 0.2, "change_ci_high": 0.4, "tolerance": 0.05, "ok": True}],
     "studbook_relation": "founder", "teacher": None, "base": None, "total_parameters": 3230720,
     "retention": None, "target": None, "compounding": None,
+    "numerics": {"mode": "pinned", "reproducible": True, "cpu_capability": "avx2",
+                 "mkl_cbwr": "COMPATIBLE,STRICT", "onednn_max_isa": "AVX2", "threads": 2,
+                 "device": "cpu", "torch": "2.13.0", "blas": "mkl 2024.2"},
     "hard_examples": {"file": "hard_examples/stdlib_code/founder.jsonl", "total": 32, "new": 32},
     "front_matter": {"library_name": "transformers",
                      "model-index": [{"name": "founder", "results": []}]},
@@ -81,6 +84,24 @@ def test_one_metric_changes_one_line():
                     "+| stdlib_nextline_tests | tests | acc | 0.5781 | 0.2500 | +0.3281 | 64 |"]
 
 
+def test_the_card_records_the_numeric_environment_and_says_when_it_is_not_reproducible():
+    pinned = render_card(copy.deepcopy(CONTEXT))
+    assert ("- numerics: pinned — ATen kernels `avx2`, MKL_CBWR `COMPATIBLE,STRICT`, oneDNN `AVX2`, "
+            "2 threads, cpu, torch 2.13.0, mkl 2024.2") in pinned
+    assert "the same weights on any cpu host with these library versions (x86 with AVX2, 2 threads)" in pinned
+    fast = copy.deepcopy(CONTEXT)
+    fast["numerics"].update(mode="fast", reproducible=False, cpu_capability="avx512", mkl_cbwr="AUTO")
+    text = render_card(fast)
+    assert "- numerics: **fast** — not bit-reproducible across machines" in text
+    assert "only on the same hardware and library versions" in text
+    # the host and wall time share one line: a re-breed elsewhere changes only that line
+    hosted = copy.deepcopy(CONTEXT)
+    hosted["compute"]["host"] = "AMD EPYC 7B13"
+    diff = [l for l in difflib.unified_diff(pinned.splitlines(), render_card(hosted).splitlines(), n=0)
+            if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+    assert diff == ["-| wall time | 201 s |", "+| wall time | 201 s on AMD EPYC 7B13 |"]
+
+
 def test_strict_and_sandboxed():
     with pytest.raises(Exception, match="undefined"):
         render_card({"name": "x"}, template="{{ name }} {{ missing }}")
@@ -95,7 +116,7 @@ def test_fixed_precision():
 
 
 def test_compounding_section_states_the_ratio_and_its_bound():
-    from studbook.cards import compounding
+    from studbook.evidence.cards import compounding
 
     context = copy.deepcopy(CONTEXT)
     target = {"task": "stdlib_mining_bpb_tests", "bits_per_byte": 3.05, "every": 10, "items": 48,

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from studbook.errors import StudbookError
-from studbook.generation import load_generation, propose
+from studbook.core.errors import StudbookError
+from studbook.repository.generation import load_generation
+from studbook.repository.proposal import propose
 
 PICO = {"contract": "stdlib_pico", "model": "llama_pico", "train": "pico", "data": "stdlib_all"}
 

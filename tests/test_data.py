@@ -1,7 +1,7 @@
 import json
 
-from studbook.benchmarks import BenchmarkParams, bpb_items, chunk_lines, nextline_items
-from studbook.data import DataParams, build_corpus, niche_of, split_of
+from studbook.evidence.benchmarks import BenchmarkParams, bpb_items, chunk_lines, nextline_items
+from studbook.evidence.data import DataParams, build_corpus, niche_of, split_of
 
 FRACTIONS = {"train": 0.8, "mining": 0.1, "heldout": 0.1}
 

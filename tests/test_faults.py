@@ -13,11 +13,11 @@ import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
-from studbook.artifacts import build_model, load_model, save_model, verify_artifact, weights_sha256, \
+from studbook.operators.artifacts import build_model, load_model, save_model, verify_artifact, weights_sha256, \
     write_meta
-from studbook.errors import StudbookError
-from studbook.recipes import ModelSpec
-from studbook.tokenizer import build_tokenizer, tokenizer_fingerprint
+from studbook.core.errors import StudbookError
+from studbook.repository.recipes import ModelSpec
+from studbook.operators.tokenizer import build_tokenizer, tokenizer_fingerprint
 
 from conftest import ROOT
 
@@ -89,8 +89,8 @@ def test_a_flipped_byte_is_caught_by_the_hash(artifact):
 
 
 def test_a_tampered_parent_stops_a_child_before_compute(skeleton):
-    from studbook import pipeline
-    from studbook.generation import propose
+    from stagehelp import breed_initial, run_stage
+    from studbook.repository.proposal import propose
 
     choices = {"contract": "stdlib_pico", "model": "llama_pico", "train": "pico", "data": "stdlib_all"}
     spec = ModelSpec.model_validate(yaml.safe_load(Path("conf/model/llama_pico.yaml").read_text()))
@@ -106,16 +106,16 @@ def test_a_tampered_parent_stops_a_child_before_compute(skeleton):
     tensors[name] = tensors[name] * 1.01  # someone re-saved the parent's weights
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(StudbookError, match="damaged or tampered"):
-        pipeline.breed("child")
-    assert not Path("generations/child/bred").exists()
+        run_stage("breed", "child")
+    assert not list(Path("generations/child").glob(".bred.tmp-*"))  # no scratch left behind
     # and a parent that was never bred is named as such
     propose("orphan", "distill", ["child"], 0, choices)
     with pytest.raises(StudbookError, match="parent 'child' has not been bred yet"):
-        pipeline.breed("orphan")
+        run_stage("breed", "orphan")
 
 
 def test_function_hooks_outside_the_reviewed_task_folder_are_refused(tmp_path):
-    from studbook.evaluation import check_task_hooks
+    from studbook.evidence.tasks import check_task_hooks
 
     tasks = tmp_path / "tasks"
     tasks.mkdir()
@@ -133,7 +133,7 @@ def test_function_hooks_outside_the_reviewed_task_folder_are_refused(tmp_path):
 def test_hostile_card_context_cannot_escape_the_sandbox():
     from jinja2.exceptions import SecurityError
 
-    from studbook.cards import render_card
+    from studbook.evidence.cards import render_card
 
     with pytest.raises(SecurityError):
         render_card({}, template="{{ ''.__class__.__mro__[1].__subclasses__() }}")

@@ -55,7 +55,7 @@ def test_card_has_real_numbers(bred):
 
 def test_card_rerenders_byte_identical(bred):
     repo, _ = bred
-    from studbook.cards import render_card
+    from studbook.evidence.cards import render_card
 
     context = json.loads((repo / "cards/pico.json").read_text())
     assert render_card(context) == (repo / "cards/pico.md").read_text()
@@ -106,9 +106,10 @@ def test_a_config_edit_reruns_exactly_its_dependents(bred):
     try:
         conf.write_text(original.replace("steps: 4", "steps: 5"))
         status = run([PY, "-m", "dvc", "status", "generations/pico/dvc.yaml"], repo).stdout
-        assert "generations/pico/dvc.yaml:train" in status
+        assert "generations/pico/dvc.yaml:breed" in status  # a param of breed: steps 4 -> 5
+        assert "conf/train/pico.yaml" in status and "steps" in status
+        assert "generations/pico/dvc.yaml:evaluate" not in status  # it does not read the train group
         assert "prepare_data" not in status and "build_benchmarks" not in status
-        assert "generations/pico/dvc.yaml:breed" in status  # breed reads the recipe's groups too
     finally:
         conf.write_text(original)
     assert "up to date" in run([PY, "-m", "dvc", "status", "generations/pico/dvc.yaml"], repo).stdout
@@ -195,7 +196,7 @@ def test_lora_child_is_a_peft_adapter_pinned_to_its_base(child):
         assert line in log
     # the parent is never re-scored (or re-bred) while its child is: only the child's stages ran
     assert "Running stage 'generations/pico/" not in log
-    assert log.count("Running stage 'generations/pico-lora/") == 6
+    assert log.count("Running stage 'generations/pico-lora/") == 3  # breed, evaluate, record
     recipe = (repo / "generations/pico-lora/recipe.yaml").read_text()
     assert "selection:" in recipe and "chosen:\n  - pico" in recipe
     code = ("from peft import PeftModel\n"

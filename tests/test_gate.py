@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from studbook.gate import UNIFORM, Scores, decide, paired_bootstrap, uniform_scores
-from studbook.recipes import Contract
+from studbook.evidence.gate import UNIFORM, Scores, decide, paired_bootstrap, uniform_scores
+from studbook.repository.recipes import Contract
 
 CONTRACT = Contract.model_validate({
     "description": "test",

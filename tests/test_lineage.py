@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from studbook.errors import StudbookError
-from studbook.lineage import as_json, cumulative, from_cards, load, mermaid, related, text_tree, topological
+from studbook.core.errors import StudbookError
+from studbook.repository.lineage import as_json, cumulative, from_cards, load, mermaid, related, text_tree, topological
 
 from synthetic import card, sha, synthetic_history
 

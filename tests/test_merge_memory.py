@@ -25,7 +25,7 @@ def rss(field):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 import torch
-from studbook.merging import merge_from_yaml
+from studbook.operators.merging import merge_from_yaml
 merge_from_yaml(sys.argv[3], sys.argv[4])  # warm-up on tiny models: one-time imports happen here
 before = rss("VmRSS")
 merge_from_yaml(sys.argv[1], sys.argv[2])

@@ -15,12 +15,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from studbook.artifacts import build_model, save_model
-from studbook.errors import StudbookError
-from studbook.merging import merge_from_yaml, parse_config
-from studbook.merges.slerp import slerp
-from studbook.recipes import ModelSpec
-from studbook.tokenizer import build_tokenizer
+from studbook.operators.artifacts import build_model, save_model
+from studbook.core.errors import StudbookError
+from studbook.operators.merging import merge_from_yaml, parse_config
+from studbook.operators.merges.slerp import slerp
+from studbook.repository.recipes import ModelSpec
+from studbook.operators.tokenizer import build_tokenizer
 
 from conftest import ROOT
 
@@ -98,7 +98,7 @@ def test_mergekit_recipe_gives_mergekit_tensors(family, method):
 
 
 def test_every_registered_merge_method_has_a_test_row():
-    from studbook import merges
+    from studbook.operators import merges
 
     assert set(merges.known()) == set(CONFIGS) | {"dare_linear", "dare_ties"}
 
@@ -201,7 +201,7 @@ def test_magnitude_pruning_breaks_exact_ties_as_mergekit_does():
     from mergekit.sparsify import magnitude
     from peft.utils.merge_utils import magnitude_based_pruning
 
-    from studbook.merges._task_vectors import magnitude_prune
+    from studbook.operators.merges._task_vectors import magnitude_prune
 
     generator = torch.Generator().manual_seed(0)
     base = 0.02 * torch.randn(512, 256, generator=generator)
@@ -220,7 +220,7 @@ def test_magnitude_pruning_breaks_exact_ties_as_mergekit_does():
 def test_magnitude_pruning_sorts_only_when_ties_straddle_the_cut(monkeypatch):
     from mergekit.sparsify import magnitude
 
-    from studbook.merges._task_vectors import magnitude_prune
+    from studbook.operators.merges._task_vectors import magnitude_prune
 
     sorts = []
     argsort = torch.argsort

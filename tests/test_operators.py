@@ -16,10 +16,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from studbook import pipeline
-from studbook.artifacts import load_artifact, load_model, read_meta, weights_sha256, write_meta
-from studbook.errors import StudbookError
-from studbook.generation import propose
+from stagehelp import breed_initial, run_stage
+from studbook.operators.artifacts import load_artifact, load_model, read_meta, weights_sha256, write_meta
+from studbook.core.errors import StudbookError
+from studbook.repository.proposal import propose
 
 PICO = {"contract": "stdlib_pico", "model": "llama_pico", "train": "pico", "data": "stdlib_all"}
 TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(200))
@@ -43,8 +43,7 @@ def plant(name: str, method: str = "scratch", parents=(), parameters=None, seed:
     """Propose, breed and train a generation; returns its artifact folder."""
     resolved = propose(name, method, list(parents), seed, {**PICO, **choices},
                        parameters=parameters)
-    pipeline.breed(name)
-    pipeline.train(name)
+    run_stage("breed", name)
     return Path("models" if resolved.kind == "model" else "adapters") / name
 
 
@@ -127,8 +126,8 @@ def test_full_weight_merge_generation_of_adapter_parents(studbook, arch):
                    {"base_model": "base", "models": [{"model": "a1", "parameters": {"weight": 0.5}},
                                                      {"model": "a2", "parameters": {"weight": 0.5}}]},
                    model=arch, train="none")
-    bred = json.loads(Path("generations/spec/bred/breed.json").read_text())
-    assert bred["facts"]["merge_method"] == "task_arithmetic"
+    bred = read_meta(merged)
+    assert bred["breed"]["facts"]["merge_method"] == "task_arithmetic"
     assert [p["name"] for p in bred["parents"]] == ["base", "a1", "a2"]
     base_w = load_model(base).state_dict()
     a1, a2 = load_artifact(Path("adapters/a1")).state_dict(), load_artifact(Path("adapters/a2")).state_dict()
@@ -146,11 +145,11 @@ DISTILL_GOLDEN = {"llama_pico": (5.3134, 2.5889), "gpt2_pico": (5.2805, 2.5711)}
 
 @pytest.mark.parametrize("arch", sorted(DISTILL_GOLDEN))
 def test_two_step_distillation_golden_loss(arch):
-    from studbook.artifacts import build_model
-    from studbook.methods.distill import DistillParameters
-    from studbook.recipes import ModelSpec, TrainSpec
-    from studbook.tokenizer import encode_bytes
-    from studbook.training import distillation_loss, train
+    from studbook.operators.artifacts import build_model
+    from studbook.operators.methods.distill import DistillParameters
+    from studbook.repository.recipes import ModelSpec, TrainSpec
+    from studbook.operators.tokenizer import encode_bytes
+    from studbook.operators.training import distillation_loss, train
 
     from conftest import ROOT
 
@@ -198,12 +197,11 @@ def test_import_founder_pins_sha256_and_refuses_pickles(studbook, tmp_path):
     for file in source.iterdir():
         if file.name != "studbook.json":
             (outside / file.name).write_bytes(file.read_bytes())
-    from studbook.generation import propose_import
+    from studbook.repository.proposal import propose_import
 
     params = propose_import("imported", str(outside), dict(PICO), seed=0)
     assert params["sha256"] == weights_sha256(outside)
-    pipeline.breed("imported")
-    pipeline.train("imported")
+    run_stage("breed", "imported")
     assert weights_sha256("models/imported") == params["sha256"]  # imported byte for byte
     recipe = yaml.safe_load(Path("generations/imported/recipe.yaml").read_text())
     assert recipe["method"] == "import" and recipe["model"]["architecture"] == "llama"
@@ -217,7 +215,7 @@ def test_import_founder_pins_sha256_and_refuses_pickles(studbook, tmp_path):
     tensors[first] = tensors[first] * 2
     save_file(tensors, str(outside / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(StudbookError) as info:
-        pipeline.breed("imported")
+        run_stage("breed", "imported")
     assert info.value.key == "parameters.sha256" and "changed" in str(info.value)
 
 
@@ -303,18 +301,18 @@ def test_contract_mismatch_fails_before_any_weight_is_written(studbook, case):
     resolved = propose(name, method, parents, 0, {**PICO, **choices}, parameters=parameters)
     before = sorted(str(p) for p in Path(".").rglob("*") if p.is_file())
     with pytest.raises(StudbookError) as info:
-        pipeline.breed(name)
+        run_stage("breed", name)
     message = str(info.value)
     for fragment in words:
         assert fragment in message
     assert info.value.file == resolved.recipe_file and info.value.key
     after = sorted(str(p) for p in Path(".").rglob("*") if p.is_file())
     assert after == before  # nothing written: no bred folder, no temporary, no artifact
-    assert not Path(f"generations/{name}/bred").exists()
+    assert not list(Path(f"generations/{name}").glob(".bred.tmp-*"))  # no scratch left behind
 
 
 def test_parents_auto_ranks_promoted_compatible_members(studbook):
-    from studbook.population import select_parents
+    from studbook.repository.population import select_parents
 
     cards = Path("cards")
 
@@ -363,26 +361,28 @@ def test_adapter_files_are_byte_identical_across_processes(studbook):
     import sys
 
     plant("base")
-    code = ("import sys; from studbook.generation import propose; from studbook import pipeline\n"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from studbook.repository.proposal import propose\n"
+            "from stagehelp import breed_initial\n"
             "propose(sys.argv[1], 'lora', ['base'], 0, {'contract': 'stdlib_pico', 'model': 'llama_pico', "
             "'train': 'none', 'data': 'stdlib_all'}, parameters={'rank': 2})\n"
-            "pipeline.breed(sys.argv[1])\n")
+            "breed_initial(sys.argv[1])\n")
     for name, seed in (("x1", "1"), ("x2", "2")):
         subprocess.run([sys.executable, "-c", code, name], check=True, capture_output=True,
                        env={**__import__("os").environ, "PYTHONHASHSEED": seed})
-    first = (Path("generations/x1/bred/adapter_config.json")).read_bytes()
-    assert first == Path("generations/x2/bred/adapter_config.json").read_bytes()
+    first = (Path("generations/x1/initial/adapter_config.json")).read_bytes()
+    assert first == Path("generations/x2/initial/adapter_config.json").read_bytes()
     assert json.loads(first)["target_modules"] == sorted(json.loads(first)["target_modules"])
 
 
 def test_finetune_starts_from_the_parent_byte_for_byte_and_trains_every_weight(studbook):
-    from studbook.atomic import sha256_file
+    from studbook.core.atomic import sha256_file
 
     parent = plant("base")
     propose("ft", "finetune", ["base"], 0, PICO)
-    facts = pipeline.breed("ft")
-    assert sha256_file("generations/ft/bred/model.safetensors") == sha256_file(parent / "model.safetensors")
-    pipeline.train("ft")
+    facts, initial = breed_initial("ft")
+    assert sha256_file(initial / "model.safetensors") == sha256_file(parent / "model.safetensors")
+    run_stage("breed", "ft")
     before, after = load_file(str(parent / "model.safetensors")), load_file("models/ft/model.safetensors")
     assert sorted(before) == sorted(after)
     assert all(not torch.equal(before[name], after[name]) for name in before)  # every weight moved

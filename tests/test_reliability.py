@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from studbook.atomic import sha256_tree
+from studbook.core.atomic import sha256_tree
 
 from conftest import copy_skeleton, git_dvc_init, run
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studbook.artifacts import check_safe_folder
-from studbook.errors import StudbookError
-from studbook.ecology import Ecology
-from studbook.recipes import Contract, DataSpec, ModelSpec, TrainSpec
+from studbook.operators.artifacts import check_safe_folder
+from studbook.core.errors import StudbookError
+from studbook.repository.ecology import Ecology
+from studbook.repository.recipes import Contract, DataSpec, ModelSpec, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = sorted((ROOT / "stages").glob("*.py"))
@@ -29,39 +29,81 @@ def test_stage_imports_only_the_library(stage):
 
 
 def _pipelines():
-    files = [ROOT / "dvc.yaml", ROOT / "src/studbook/templates/generation.dvc.yaml.j2"]
-    files += sorted((ROOT / "generations").glob("*/dvc.yaml"))
-    return files
+    return [ROOT / "dvc.yaml"] + sorted((ROOT / "generations").glob("*/dvc.yaml"))
 
 
 @pytest.mark.parametrize("pipeline", _pipelines(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_stage_script_exists_and_is_a_dep(pipeline):
-    text = pipeline.read_text()
-    if pipeline.suffix == ".j2":
-        from jinja2 import Environment, StrictUndefined
-
-        # every branch: an adapter child with parents and a harvest stage
-        text = Environment(undefined=StrictUndefined).from_string(text).render(
-            name="x", dvc_yaml="d", recipe_file="r", group_files=["g"], contract_file="c",
-            corpus="data/corpus", artifact="adapters/x", breed_deps=["src/studbook/merging.py"],
-            has_parents=True, harvest=True, hard_examples="hard_examples/c/x.jsonl",
-            hard_examples_task="hard_examples/c/x.yaml", parent_hard_examples=["hard_examples/c/p.jsonl"],
-            parent_artifacts=["models/p"], parent_evals=["generations/p/eval"], target=True,
-            scratch_reference=["models/s", "generations/s/live"])
-    stages = yaml.safe_load(text)["stages"]
+    stages = yaml.safe_load(pipeline.read_text())["stages"]
     for name, stage in stages.items():
         script = stage["cmd"].split()[1]
         assert (ROOT / script).is_file(), f"{name}: {script} missing"
         assert script in stage["deps"], f"{name}: {script} not in its own deps"
         for dep in stage["deps"]:
-            if "{" not in dep and not dep.startswith(("generations/", "models/", "adapters/", "data/",
-                                                       "hard_examples/")) \
-                    and dep not in ("r", "g", "c"):
+            if dep.startswith(("src/", "stages/", "conf/", "tasks/")):
                 assert (ROOT / dep).exists(), f"{name}: dep {dep} missing"
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for stage in stages.values():
         for key in stage.get("params", []):
-            assert key in params
+            if isinstance(key, str):
+                assert key in params
+            else:  # `- file:`: a whole params file
+                assert all((ROOT / file).is_file() for file in key)
+
+
+def test_shipped_pipelines_are_what_the_code_derives(monkeypatch):
+    """Every dvc.yaml lists exactly each stage's code closure and data: `studbook refresh` is a no-op."""
+    from studbook.repository.proposal import refresh_all
+
+    monkeypatch.chdir(ROOT)
+    before = {p: p.read_text() for p in _pipelines()}
+    try:
+        assert refresh_all(None, ROOT) == [], "run `studbook refresh` and commit the dvc.yaml files"
+    finally:
+        for path, text in before.items():
+            path.write_text(text)
+
+
+def test_code_deps_follow_imports_at_any_depth(tmp_path):
+    """The closure sees function-level and relative imports, parent packages and data files."""
+    from studbook.core.codedeps import closure
+
+    pkg = tmp_path / "src/studbook"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "templates").mkdir()
+    (tmp_path / "stages").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a/__init__.py").write_text("")
+    (pkg / "a/one.py").write_text("def f():\n    from .two import g\n    return g\n")
+    (pkg / "a/two.py").write_text("DATA_FILES = ('templates/t.j2',)\nfrom studbook.a import three\n")
+    (pkg / "a/three.py").write_text("")
+    (pkg / "a/unused.py").write_text("")
+    (pkg / "templates/t.j2").write_text("")
+    (tmp_path / "stages/x.py").write_text("import sys\nfrom studbook.a.one import f\n")
+    found = {str(f.relative_to(tmp_path)) for f in closure(tmp_path, ["stages/x.py"])}
+    assert found == {"stages/x.py", "src/studbook/__init__.py", "src/studbook/a/__init__.py",
+                     "src/studbook/a/one.py", "src/studbook/a/two.py", "src/studbook/a/three.py",
+                     "src/studbook/templates/t.j2"}
+
+
+@pytest.mark.parametrize("kind", ["breed", "evaluate", "record"])
+def test_a_stage_module_is_in_its_own_closure_only(kind):
+    from studbook.core.codedeps import stage_code
+
+    own = f"src/studbook/stages/{kind}.py"
+    for other in ("breed", "evaluate", "record", "prepare_data", "build_benchmarks"):
+        assert (own in stage_code(ROOT, other)) == (other == kind)
+
+
+def test_stage_modules_never_import_each_other():
+    names = {p.stem for p in (ROOT / "src/studbook/stages").glob("*.py")} - {"__init__", "entry"}
+    for file in (ROOT / "src/studbook/stages").glob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+                if parts[:2] == ["studbook", "stages"]:
+                    imported = parts[2:] or [a.name for a in node.names]
+                    assert not set(imported) & (names - {file.stem}), f"{file.name} imports {imported}"
 
 
 @pytest.mark.parametrize("group,model", [("contract", Contract), ("model", ModelSpec),
@@ -75,7 +117,7 @@ def test_every_shipped_config_validates(group, model):
 
 
 def test_shipped_generations_validate(monkeypatch):
-    from studbook.generation import load_generation
+    from studbook.repository.generation import load_generation
 
     monkeypatch.chdir(ROOT)
     for recipe in sorted((ROOT / "generations").glob("*/recipe.yaml")):
@@ -116,7 +158,7 @@ def test_cli_help_is_instant_and_complete():
     assert result.exit_code == 0
     registered = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert registered == {"propose", "population", "show", "check", "methods", "merge", "demo",
-                          "lineage", "negatives", "init"}
+                          "lineage", "negatives", "init", "refresh", "drift"}
     assert [g.name for g in app.registered_groups] == ["card"]
     registered.add("card diff")
     readme = (ROOT / "README.md").read_text()
@@ -127,7 +169,7 @@ def test_cli_help_is_instant_and_complete():
         assert shown.exit_code == 0 and "Usage:" in shown.output
 
 
-@pytest.mark.parametrize("kind", ["breed", "train", "evaluate", "gate", "harvest", "card"])
+@pytest.mark.parametrize("kind", ["breed", "evaluate", "record"])
 def test_generation_stage_scripts_have_help_and_usage(kind):
     import subprocess
     import sys

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studbook import pipeline
-from studbook.artifacts import load_artifact, read_meta
-from studbook.errors import StudbookError
-from studbook.generation import propose
-from studbook.targets import bits_per_byte, rolling_windows, task_texts
-from studbook.tokenizer import load_tokenizer
+from stagehelp import breed_initial, run_stage
+from studbook.operators.artifacts import load_artifact, read_meta
+from studbook.core.errors import StudbookError
+from studbook.repository.proposal import propose
+from studbook.operators.targets import bits_per_byte, rolling_windows, task_texts
+from studbook.operators.tokenizer import load_tokenizer
 
 from conftest import copy_skeleton, run
 
@@ -64,13 +64,12 @@ def budget(name: str, steps: int, target: float | None = None, lr: float = 1e-2)
 def breed(name: str, method: str = "scratch", parents=(), **kwargs) -> None:
     choices = {**PICO, **kwargs.pop("choices", {})}
     propose(name, method, list(parents), kwargs.pop("seed", 0), choices, **kwargs)
-    pipeline.breed(name)
-    pipeline.train(name)
+    run_stage("breed", name)
 
 
 def test_bits_per_byte_of_the_check_equals_lm_eval(studbook):
-    from studbook.evaluation import evaluate_model
-    from studbook.recipes import EvaluationSpec
+    from studbook.evidence.evaluation import evaluate_model
+    from studbook.repository.recipes import EvaluationSpec
 
     budget("short", 6)
     breed("pico", choices={"train": "short"})
@@ -85,7 +84,7 @@ def test_bits_per_byte_of_the_check_equals_lm_eval(studbook):
 def test_a_child_reaches_the_target_with_a_fraction_of_scratch_compute(studbook):
     budget("parent_budget", 40)
     breed("pico")  # 4 steps: a weak founder
-    pipeline.evaluate("pico"), pipeline.gate("pico")
+    run_stage("evaluate", "pico"), run_stage("record", "pico")
     breed("parent", choices={"train": "parent_budget"}, seed=1)
     model, tokenizer = load_artifact("models/parent"), load_tokenizer("models/parent")
     start = bits_per_byte(model, tokenizer, task_texts(TARGET_TASK, "tasks"), 16, 128)
@@ -109,9 +108,9 @@ def test_a_child_reaches_the_target_with_a_fraction_of_scratch_compute(studbook)
     assert child["compute"]["tokens"] == record["tokens"] == record["steps"] * 4 * 128
 
     for name in ("parent", "scratch-ref", "child"):
-        pipeline.evaluate(name)
-        pipeline.gate(name)
-    pipeline.card("child")
+        run_stage("evaluate", name)
+        run_stage("record", name)
+    run_stage("record", "child")
     card = json.loads(Path("cards/child.json").read_text())
     compounding = card["compounding"]
     scratch_tokens = (scratch["compute"]["target"]["tokens"] if scratch["compute"]["target"]["reached"]

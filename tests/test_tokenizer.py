@@ -1,6 +1,6 @@
 from transformers import AutoTokenizer
 
-from studbook.tokenizer import EOS_ID, VOCAB_SIZE, build_tokenizer, encode_bytes, tokenizer_fingerprint
+from studbook.operators.tokenizer import EOS_ID, VOCAB_SIZE, build_tokenizer, encode_bytes, tokenizer_fingerprint
 
 SAMPLE = "def f(x):\n    return x + 1  # ünïcode, tabs\t and 🐍\n"
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import yaml
 
-from studbook.artifacts import build_model, load_model, parameter_count, save_model, weights_sha256
-from studbook.recipes import ModelSpec, TrainSpec
-from studbook.tokenizer import build_tokenizer, encode_bytes
-from studbook.training import train
+from studbook.operators.artifacts import build_model, load_model, parameter_count, save_model, weights_sha256
+from studbook.repository.recipes import ModelSpec, TrainSpec
+from studbook.operators.tokenizer import build_tokenizer, encode_bytes
+from studbook.operators.training import train
 
 from conftest import ROOT
 

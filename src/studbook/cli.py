@@ -22,7 +22,7 @@ def _parameters(text: str) -> dict:
     import yaml
     from pathlib import Path
 
-    from .errors import StudbookError
+    from studbook.core.errors import StudbookError
 
     if not text:
         return {}
@@ -52,10 +52,10 @@ def propose(
                                           "train target: the card compares compute-to-target"),
 ) -> None:
     """Write generations/NAME/ (recipe + dvc.yaml); then `dvc repro` breeds it."""
-    from .errors import StudbookError
-    from .generation import propose as do_propose
-    from .generation import propose_import
-    from .runtime import offline
+    from studbook.core.errors import StudbookError
+    from studbook.repository.proposal import propose as do_propose
+    from studbook.repository.proposal import propose_import
+    from studbook.core.runtime import offline
 
     offline()
     choices = {"contract": contract, "model": model, "train": train, "data": data}
@@ -67,7 +67,7 @@ def propose(
             selection = None
             parent_list = [p.strip() for p in parents.split(",") if p.strip()]
             if parent_list == ["auto"]:
-                from .population import select_parents
+                from studbook.repository.population import select_parents
 
                 parent_list, selection = select_parents(method, contract)
                 typer.echo(f"parents (auto): {', '.join(parent_list)}")
@@ -86,9 +86,9 @@ def merge(
     seed: int = typer.Option(0, help="seed for the random methods (DARE)"),
 ) -> None:
     """Run a mergekit YAML as-is, streaming tensor by tensor (like `mergekit-yaml`)."""
-    from .errors import StudbookError
-    from .merging import merge_from_yaml
-    from .runtime import offline, summary
+    from studbook.core.errors import StudbookError
+    from studbook.operators.merging import merge_from_yaml
+    from studbook.core.runtime import offline, summary
 
     offline()
     try:
@@ -101,7 +101,7 @@ def merge(
 @app.command()
 def methods() -> None:
     """List the registered breeding methods."""
-    from . import methods as registry
+    from studbook.operators import methods as registry
 
     for name in registry.known():
         entry = registry.get(name)
@@ -111,7 +111,7 @@ def methods() -> None:
 @app.command()
 def population(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Every member, promoted or rejected, with its contract scores and cost."""
-    from .population import members, row
+    from studbook.repository.population import members, row
 
     rows = [row(m) for m in members()]
     if as_json:
@@ -138,8 +138,8 @@ def lineage(
     fmt: str = typer.Option("text", "--format", help="text, mermaid or json"),
 ) -> None:
     """The family tree, read from cards (edges by weights sha256) and git history."""
-    from .errors import StudbookError
-    from .lineage import as_json, cumulative, load, mermaid, related, text_tree
+    from studbook.core.errors import StudbookError
+    from studbook.repository.lineage import as_json, cumulative, load, mermaid, related, text_tree
 
     if fmt not in ("text", "mermaid", "json"):
         _fail(StudbookError(f"unknown format '{fmt}' (text, mermaid, json)", key="--format"))
@@ -177,8 +177,8 @@ def card_diff(
     """Markdown report of cards added or changed between two revisions; exit 1 on a guarded regression."""
     from pathlib import Path
 
-    from .errors import StudbookError
-    from .review import card_diff as run_diff
+    from studbook.core.errors import StudbookError
+    from studbook.repository.review import card_diff as run_diff
 
     try:
         text, status = run_diff(base, head)
@@ -193,7 +193,7 @@ def card_diff(
 @app.command()
 def negatives(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """The archive of rejected children, with why they were rejected."""
-    from .population import members
+    from studbook.repository.population import members
 
     rows = [{"name": m["name"], "method": m["method"], "parents": [p["name"] for p in m["parents"]],
              "reference_parent": m["reference_parent"], "reasons": m["reasons"],
@@ -214,8 +214,8 @@ def show(name: str = typer.Argument(..., help="member name")) -> None:
     """Print a member's card."""
     from pathlib import Path
 
-    from .errors import StudbookError
-    from .population import member
+    from studbook.core.errors import StudbookError
+    from studbook.repository.population import member
 
     try:
         member(name)
@@ -227,26 +227,64 @@ def show(name: str = typer.Argument(..., help="member name")) -> None:
 @app.command()
 def check(name: str = typer.Argument(..., help="generation name")) -> None:
     """Validate a generation's recipe, contract and parents without computing anything."""
-    from . import methods
-    from .compat import check_compatibility
-    from .errors import StudbookError
-    from .generation import GenerationPaths, load_generation, parents_of
-    from .refs import BreedContext
+    from studbook.core.errors import StudbookError
+    from studbook.operators.compat import check_compatibility
+    from studbook.repository.generation import resolve
+    from studbook.repository.refs import BreedContext
 
     try:
-        resolved = load_generation(name)
-        parents = parents_of(resolved)
-        bred = [p for p in parents if p.exists()]
-        if len(bred) == len(parents):  # the compatibility contract needs the parents' artifacts
-            ctx = BreedContext(resolved.recipe, resolved.parameters, parents, GenerationPaths(name).bred,
-                               resolved.contract_name, resolved.recipe_file)
-            check_compatibility(ctx, methods.get(resolved.recipe.method), resolved.recipe_file)
+        gen = resolve(name)
+        bred = [p for p in gen.parents if p.exists()]
+        if len(bred) == len(gen.parents):  # the compatibility contract needs the parents' artifacts
+            ctx = BreedContext(gen.recipe, gen.resolved.parameters, gen.parents, gen.paths.folder,
+                               gen.contract_name, gen.resolved.recipe_file)
+            check_compatibility(ctx, gen.method, gen.resolved.recipe_file)
     except StudbookError as exc:
         _fail(exc)
-    waiting = [p.name for p in parents if not p.exists()]
-    typer.echo(f"ok: {resolved.recipe_file} ({', '.join(f'{k}={v}' for k, v in resolved.choices.items())})"
+    waiting = [p.name for p in gen.parents if not p.exists()]
+    typer.echo(f"ok: {gen.resolved.recipe_file} "
+               f"({', '.join(f'{k}={v}' for k, v in gen.resolved.choices.items())})"
                + (f"; compatibility checked when {', '.join(waiting)} are bred" if waiting else
-                  "; compatible with its parents" if parents else ""))
+                  "; compatible with its parents" if gen.parents else ""))
+
+
+@app.command()
+def refresh(names: list[str] = typer.Argument(None, help="generations (default: all)")) -> None:
+    """Rewrite dvc.yaml files from the code: each stage's derived code and data dependencies."""
+    from pathlib import Path
+
+    from studbook.core.errors import StudbookError
+    from studbook.repository.proposal import refresh_all
+
+    try:
+        changed = refresh_all(names or None, Path("."))
+    except StudbookError as exc:
+        _fail(exc)
+    for path in changed:
+        typer.echo(f"rewrote: {path}")
+    typer.echo(f"refreshed: {len(changed)} file(s) changed")
+
+
+@app.command()
+def drift(
+    names: list[str] = typer.Argument(None, help="members (default: every committed card)"),
+    rev: str = typer.Option("HEAD", help="the revision whose cards are the reference"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Members whose re-bred weights or scores differ from their committed cards, and why."""
+    from studbook.core.errors import StudbookError
+    from studbook.repository.drift import drift as find, render
+
+    try:
+        reports = find(rev, ".", names or None)
+    except StudbookError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(reports, indent=2, sort_keys=True))
+    else:
+        typer.echo(render(reports), nl=False)
+    drifted = [r["member"] for r in reports if r["status"] == "drifted"]
+    typer.echo(f"drifted: {len(drifted)}" + (f" ({', '.join(drifted)})" if drifted else ""), err=True)
 
 
 @app.command()
@@ -257,9 +295,9 @@ def init(
     train: str = typer.Option("founder", help="the founder's training budget"),
 ) -> None:
     """Scaffold a new studbook repository (git, DVC, configs, tasks, stages, CI) with a founder proposed."""
-    from .errors import StudbookError
-    from .runtime import offline
-    from .scaffold import init as scaffold
+    from studbook.core.errors import StudbookError
+    from studbook.core.runtime import offline
+    from studbook.repository.scaffold import init as scaffold
 
     offline()
     try:
@@ -279,8 +317,8 @@ def demo(
     import time
     from pathlib import Path
 
-    from .ecology import build
-    from .runtime import offline, progress, summary
+    from studbook.repository.ecology import build
+    from studbook.core.runtime import offline, progress, summary
 
     offline()
     target = Path(clone_dir) if clone_dir else Path(tempfile.mkdtemp(prefix="studbook-demo-")) / "studbook"

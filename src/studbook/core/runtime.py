@@ -1,0 +1,79 @@
+"""Runtime knobs: how to run, never what to build.
+
+Device, threads and verbosity come from the environment (STUDBOOK_DEVICE,
+STUDBOOK_THREADS) so they never enter a recipe or dvc.lock: moving a generation to
+another machine does not re-breed it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Mapping
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def offline() -> None:
+    """Nothing this process does may reach the network."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def device() -> str:
+    return os.environ.get("STUDBOOK_DEVICE", "cpu")
+
+
+def summary(values: Mapping[str, object], stream=None) -> None:
+    """The greppable `key: value` block every stage ends with."""
+    stream = stream or sys.stdout
+    for key, value in values.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        print(f"{key}: {value}", file=stream)
+    stream.flush()
+
+
+def progress(message: str) -> None:
+    from studbook.core.failpoints import reached
+
+    print(message, file=sys.stderr, flush=True)
+    reached("say", message)
+
+
+def entry(module, argv: list[str] | None, takes_name: bool) -> list[str] | None:
+    """Offline, numerics pinned, arguments checked; None when only help was asked for."""
+    from studbook.core.numerics import pin_process
+
+    offline()
+    kind = module.__name__.rsplit(".", 1)[-1]
+    args = sys.argv[1:] if argv is None else argv
+    usage = (f"usage: python stages/{kind}.py{' NAME' if takes_name else ''}\n"
+             f"{(module.__doc__ or '').strip()}")
+    if args in (["-h"], ["--help"]):
+        print(usage)
+        return None
+    if len(args) != int(takes_name):
+        print(usage, file=sys.stderr)
+        sys.exit(2)
+    pin_process()  # before anything imports torch
+    return args
+
+
+def run_shared_stage(module, argv: list[str] | None = None) -> None:
+    """Entry of a stage every generation shares: `python stages/<kind>.py`."""
+    from studbook.core.errors import StudbookError
+
+    if entry(module, argv, takes_name=False) is None:
+        return
+    try:
+        summary(module.run())
+    except StudbookError as exc:
+        sys.exit(f"error: {exc}")

@@ -1,0 +1,154 @@
+"""Evaluation cards: a pure function `render(context) -> str` over one Jinja2 template.
+
+No I/O, no clock, no network while rendering; the template runs in Jinja's sandbox with
+StrictUndefined. Figures carry fixed precision so identical results render
+byte-identical and a change in one metric changes one line. `card_context` gathers the
+facts (also written as the card's machine-readable JSON twin).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATA_FILES = ("templates/card.md.j2",)  # read at run time: a code dependency (core.codedeps)
+TEMPLATE = Path(__file__).parents[1] / DATA_FILES[0]
+from studbook.evidence import metrics
+
+
+def fmt(value: float | None, metric: str = "", signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    digits = metrics.get(metric).precision if metric else 4
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def fmt_si(value: float) -> str:
+    """3 significant figures with an SI prefix (FLOPs, tokens)."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}"
+    return f"{value:.3g} "
+
+
+def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: dict,
+                 relation: str | None, evidence: dict | None = None) -> dict[str, Any]:
+    """Every fact the card shows, as plain data (the JSON twin)."""
+    benchmarks = []
+    for bench in contract.benchmarks:
+        value = results[bench.task]["metrics"][bench.metric]
+        against = []
+        for parent, values in sorted(verdict["parent_benchmarks"].items()):
+            parent_value = values.get(bench.task)
+            delta = None if parent_value is None else value - parent_value
+            against.append({"parent": parent, "value": parent_value, "delta": delta})
+        benchmarks.append({
+            "task": bench.task, "niche": bench.niche, "metric": bench.metric,
+            "direction": metrics.get(bench.metric).direction, "unit": metrics.get(bench.metric).unit,
+            "value": round(value, 6), "n_items": results[bench.task]["items"],
+            "task_version": results[bench.task]["version"],
+            "task_sha256": results[bench.task]["task_sha256"], "parents": against,
+        })
+    parents = meta["parents"] or [{"name": verdict["reference_parent"], "sha256": None,
+                                   "reference": True}]
+    model_index = [{"name": meta["name"], "results": [{
+        "task": {"type": "text-generation", "name": "Text Generation"},
+        "dataset": {"name": b["task"], "type": b["task"]},
+        "metrics": [{"type": b["metric"], "value": round(b["value"], metrics.get(b["metric"]).precision),
+                     "name": f"{b['metric']} ({b['niche']})"}],
+    } for b in benchmarks]}]
+    front: dict[str, Any] = {"library_name": "transformers", "tags": ["studbook", meta["contract"]]}
+    if meta["parents"]:
+        front["base_model"] = [p["name"] for p in meta["parents"]]
+        if relation:
+            front["base_model_relation"] = relation
+    front["model-index"] = model_index
+    evidence = evidence or {}
+    # seconds stay out of the front matter: a re-breed then changes one line of the card
+    steady_compute = {k: v for k, v in meta["compute"].items() if k not in ("seconds", "host", "target")}
+    if "target" in meta["compute"]:
+        steady_compute["target"] = {k: v for k, v in meta["compute"]["target"].items() if k != "curve"}
+    front["studbook"] = {
+        "generation": meta["name"], "kind": meta["kind"], "method": meta["method"],
+        "verdict": verdict["verdict"],
+        "parents": [{k: p.get(k) for k in ("name", "sha256")} for p in parents],
+        "weights_sha256": meta["weights_sha256"], "recipe_sha256": meta["recipe_sha256"],
+        "contract": meta["contract"], "tokenizer_sha256": meta["tokenizer_sha256"],
+        "data": meta["data"], "versions": meta["versions"], "compute": steady_compute,
+        "relation": evidence.get("relation"), "numerics": meta.get("numerics"),
+    }
+    for key in ("teacher", "base"):
+        if key in meta:
+            front["studbook"][key] = {k: meta[key][k] for k in ("name", "sha256")}
+    retained = evidence.get("retention")
+    if retained:
+        retained = {"count": retained["items"],
+                    "child": _rounded(retained["child"]),
+                    "parents": {k: _rounded(v) for k, v in sorted(retained["parents"].items())}}
+    return {
+        "name": meta["name"], "kind": meta["kind"], "method": meta["method"],
+        "relation": relation, "verdict": verdict["verdict"], "reasons": verdict["reasons"],
+        "parents": parents, "reference_parent": verdict["reference_parent"],
+        "contract": meta["contract"], "contract_description": contract.description.strip(),
+        "architecture": meta["architecture"], "parameters": meta["parameters"],
+        "seed": meta["seed"], "recipe_sha256": meta["recipe_sha256"],
+        "weights_sha256": meta["weights_sha256"], "tokenizer_sha256": meta["tokenizer_sha256"],
+        "data": {**meta["data"], "files": manifest["files"]},
+        "versions": meta["versions"], "compute": meta["compute"],
+        "benchmarks": benchmarks, "primary": verdict["primary"], "guards": verdict["guards"],
+        "studbook_relation": evidence.get("relation"),
+        "teacher": meta.get("teacher"), "base": meta.get("base"),
+        "total_parameters": meta.get("total_parameters", meta["parameters"]),
+        "retention": retained or None, "hard_examples": evidence.get("hard_examples"),
+        "target": meta["compute"].get("target"), "compounding": evidence.get("compounding"),
+        "numerics": meta.get("numerics"),
+        "front_matter": front,
+    }
+
+
+def compounding(child: dict, scratch_name: str, scratch: dict) -> dict[str, Any]:
+    """Compute-to-target of a child vs a from-scratch model trained to the same target.
+
+    `child` and `scratch` are the `compute` blocks of the two artifacts (with wall seconds).
+    When the scratch model never reached the target, its whole budget is a lower bound on
+    what it needs, so the ratio is an upper bound (`bound: "at most"`).
+    """
+    mine, theirs = child["target"], scratch["target"]
+    row = {"target": {k: mine[k] for k in ("task", "bits_per_byte", "every", "items")},
+           "child": {"reached": mine["reached"], "steps": mine["steps"], "tokens": mine["tokens"],
+                     "seconds": child.get("seconds"), "flops": child["flops"]},
+           "scratch": {"name": scratch_name, "reached": theirs["reached"],
+                       "steps": theirs["steps"] if theirs["reached"] else scratch["steps"],
+                       "tokens": theirs["tokens"] if theirs["reached"] else scratch["tokens"],
+                       "seconds": scratch.get("seconds"), "flops": scratch["flops"]},
+           "token_ratio": None, "seconds_ratio": None, "bound": None}
+    if mine["reached"]:
+        row["token_ratio"] = round(mine["tokens"] / row["scratch"]["tokens"], 6)
+        if child.get("seconds") and scratch.get("seconds"):
+            row["seconds_ratio"] = round(child["seconds"] / scratch["seconds"], 6)
+        row["bound"] = "exact" if theirs["reached"] else "at most"
+    return row
+
+
+def _rounded(score: dict | None) -> dict | None:
+    return None if score is None else {"count": score["items"],
+                                       "bits_per_byte": round(score["bits_per_byte"], 6)}
+
+
+def _to_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=True, allow_unicode=True, width=100).rstrip("\n")
+
+
+def render_card(context: dict[str, Any], template: str | None = None) -> str:
+    """Render a card. Pure: the same context always gives the same bytes."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
+                                        trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.filters.update(fmt=fmt, si=fmt_si, to_yaml=_to_yaml)
+    source = template if template is not None else TEMPLATE.read_text(encoding="utf-8")
+    text = env.from_string(source).render(**context)
+    return text.rstrip("\n") + "\n"

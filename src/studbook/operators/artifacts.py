@@ -1,0 +1,202 @@
+"""Model artifacts: HF layout, safetensors only, each describing itself.
+
+Beside the weights every artifact carries `studbook.json`: the resolved recipe, the
+parents with their sha256, the seed, library versions and the compute spent, so the
+next tool (and lineage) reads the facts from the artifact, never from a side database.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from studbook.core.atomic import sha256_file, write_json_atomic
+from studbook.core.errors import StudbookError
+
+META_FILE = "studbook.json"
+WEIGHTS_FILE = "model.safetensors"
+# File endings that can carry pickled code: never loaded, the folder is refused.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+def build_model(spec, seed: int):
+    """A freshly initialised HF causal LM from a ModelSpec (seeded, deterministic)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from studbook.operators.tokenizer import EOS_ID, OFFSET, VOCAB_SIZE
+
+    try:
+        config = AutoConfig.for_model(spec.architecture, **_config_kwargs(spec, VOCAB_SIZE, EOS_ID, OFFSET))
+    except ValueError as exc:
+        raise StudbookError(str(exc), key="model.architecture") from None
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _config_kwargs(spec, vocab_size: int, eos_id: int, offset: int) -> dict[str, Any]:
+    kwargs = dict(spec.config)
+    kwargs.update(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
+                  pad_token_id=0)
+    # each architecture names its context length differently; set the spellings it has
+    from transformers import AutoConfig
+
+    known = AutoConfig.for_model(spec.architecture).to_dict()
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        if key in known:
+            kwargs.setdefault(key, spec.context_length)
+    return kwargs
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> None:
+    """Write weights (safetensors), config, generation config and tokenizer into out_dir."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def check_safe_folder(path: str | Path) -> None:
+    """Refuse folders holding pickle-based files or asking for remote code; never load them."""
+    path = Path(path)
+    if not path.is_dir():
+        raise StudbookError("model folder does not exist", file=str(path))
+    for file in sorted(path.rglob("*")):
+        if file.suffix.lower() in PICKLE_SUFFIXES:
+            raise StudbookError("pickle-based weights are refused (safetensors only); "
+                                "the file was not opened", file=str(file))
+    config_file = path / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if "auto_map" in config:
+            raise StudbookError("the model asks for remote code (auto_map); "
+                                "trust_remote_code stays off", file=str(config_file), key="auto_map")
+    if not any(path.glob("*.safetensors")):
+        raise StudbookError("no safetensors weights in the folder", file=str(path))
+
+
+def load_model(path: str | Path):
+    """Load a model folder safely: safetensors only, no remote code, weights checked."""
+    from transformers import AutoModelForCausalLM
+
+    check_safe_folder(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False,
+                                                     use_safetensors=True)
+    except Exception as exc:  # truncated file, bad header, wrong shapes
+        raise StudbookError(f"cannot load weights: {exc}", file=str(path)) from None
+    check_finite(model, path)
+    return model
+
+
+def check_finite(model, path: str | Path) -> None:
+    """NaN or Inf in any weight: refused, naming the tensor (a diverged or damaged artifact)."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise StudbookError(f"tensor '{name}' holds NaN or Inf values", file=str(path), key=name)
+
+
+def verify_artifact(path: str | Path) -> str:
+    """The weights still hash to the sha256 their studbook.json records (a flipped byte, a
+    swapped file or a tampered parent is caught here, before anything uses it)."""
+    meta = read_meta(path)
+    found = weights_sha256(path)
+    if found != meta.get("weights_sha256"):
+        files = sorted(Path(path).glob("*.safetensors"))
+        raise StudbookError(f"weights hash to {found[:12]}… but studbook.json records "
+                            f"{str(meta.get('weights_sha256'))[:12]}…: damaged or tampered",
+                            file=str(files[0] if len(files) == 1 else path), key="weights_sha256")
+    return found
+
+
+def weights_sha256(path: str | Path) -> str:
+    files = sorted(Path(path).glob("*.safetensors"))
+    if len(files) == 1:
+        return sha256_file(files[0])
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0" + sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "peft", "lm_eval", "dvc", "studbook"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "absent"
+    return out
+
+
+def write_meta(out_dir: str | Path, meta: dict) -> None:
+    write_json_atomic(Path(out_dir) / META_FILE, meta)
+
+
+def read_meta(path: str | Path) -> dict:
+    meta_file = Path(path) / META_FILE
+    if not meta_file.is_file():
+        raise StudbookError("not a studbook artifact (no studbook.json)", file=str(meta_file))
+    return json.loads(meta_file.read_text(encoding="utf-8"))
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def load_base_of(adapter_dir: str | Path):
+    """The base model an adapter was trained on, checked against its pinned sha256."""
+    meta = read_meta(adapter_dir)
+    base = meta["base"]
+    found = weights_sha256(base["path"]) if Path(base["path"]).is_dir() else None
+    if found != base["sha256"]:
+        raise StudbookError(f"the adapter's base '{base['name']}' has sha256 {str(found)[:12]}…, "
+                            f"but the adapter was trained on {base['sha256'][:12]}…",
+                            file=str(Path(adapter_dir) / META_FILE), key="base.sha256")
+    return load_model(base["path"])
+
+
+def load_adapter(adapter_dir: str | Path, trainable: bool = False):
+    """Base + adapter as a PeftModel (PEFT's own loader; safetensors only)."""
+    from peft import PeftModel
+
+    check_safe_folder(adapter_dir)
+    base = load_base_of(adapter_dir)
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+
+
+def load_artifact(path: str | Path):
+    """Any population member as a plain causal LM: adapters are merged into their base."""
+    if is_adapter(path):
+        return load_adapter(path).merge_and_unload()
+    return load_model(path)
+
+
+def save_adapter(peft_model, tokenizer, out_dir: str | Path) -> None:
+    """PEFT's layout (adapter_config.json + adapter_model.safetensors), plus the tokenizer."""
+    peft_model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    # PEFT writes target_modules from a Python set, in hash-seed order: canonicalise it so
+    # the same adapter gives the same bytes (else DVC sees a change and re-trains children)
+    for config_file in Path(out_dir).rglob(ADAPTER_CONFIG):
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    # PEFT also writes a placeholder model card; the real card is cards/NAME.md
+    for readme in Path(out_dir).rglob("README.md"):
+        readme.unlink()

@@ -1,0 +1,276 @@
+"""Full-weight merges from mergekit-format configs, streamed tensor by tensor.
+
+A config is mergekit's YAML (`merge_method`, `models`, `base_model`, `parameters`,
+`dtype`), so a recipe written for `mergekit-yaml` runs here as-is. Parameters are
+scalars or mergekit's filter lists (`[{filter: self_attn, value: 0.3}, {value: 0.5}]`).
+Keys this executor does not implement (slices, gradients, tokenizer surgery) are
+refused by name rather than silently ignored.
+
+Memory: every input is opened, read for one tensor and closed again (safetensors maps
+the file; closing unmaps it), so the peak is the output being built plus one tensor per
+input, not every parent at once.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from studbook.core.config import validate
+from studbook.core.errors import StudbookError
+
+Scalar = Union[float, int, bool]
+
+
+class FilterValue(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    filter: str | None = None
+    value: Scalar
+
+
+ParamValue = Union[Scalar, list[FilterValue]]
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+
+
+class MergeConfig(BaseModel):
+    """mergekit's configuration format (the subset studbook executes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    merge_method: str
+    models: list[ModelEntry] = Field(min_length=1)
+    base_model: str | None = None
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    out_dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    tokenizer_source: Literal["base"] | None = None
+
+
+def parse_config(data: Any, file: str, prefix: str = "") -> MergeConfig:
+    """Validate a mergekit-format mapping; errors name the file and key."""
+    from studbook.operators import merges
+
+    config = validate(MergeConfig, data, file=file, prefix=prefix)
+    at = f"{prefix}." if prefix else ""
+    method = merges.get(config.merge_method, file=file, key=f"{at}merge_method")
+    names = [m.model for m in config.models]
+    if method.needs_base and config.base_model is None:
+        raise StudbookError(f"'{method.name}' needs a base_model", file=file, key=f"{at}base_model")
+    non_base = [n for n in names if n != config.base_model]
+    if len(non_base) < method.min_models or (method.max_models and len(non_base) > method.max_models):
+        raise StudbookError(f"'{method.name}' merges {method.min_models} to "
+                            f"{method.max_models or 'any'} model(s) besides the base, got {len(non_base)}",
+                            file=file, key=f"{at}models")
+    for index, entry in enumerate(config.models):
+        for key in entry.parameters:
+            if key not in method.per_model:
+                raise StudbookError(f"'{method.name}' has no per-model parameter '{key}' "
+                                    f"(known: {', '.join(method.per_model) or 'none'})",
+                                    file=file, key=f"{at}models[{index}].parameters.{key}")
+        if entry.model == config.base_model:
+            continue
+        for key, default in method.per_model.items():
+            if default is None and key not in entry.parameters and key not in config.parameters:
+                raise StudbookError(f"'{method.name}' needs '{key}' for every model",
+                                    file=file, key=f"{at}models[{index}].parameters.{key}")
+    for key in config.parameters:
+        if key not in method.shared and key not in method.per_model:
+            raise StudbookError(f"'{method.name}' has no parameter '{key}' (known: "
+                                f"{', '.join([*method.shared, *method.per_model]) or 'none'})",
+                                file=file, key=f"{at}parameters.{key}")
+    for key, default in method.shared.items():
+        if default is None and key not in config.parameters:
+            raise StudbookError(f"'{method.name}' needs parameter '{key}'",
+                                file=file, key=f"{at}parameters.{key}")
+    return config
+
+
+def _resolve(value: ParamValue, tensor_name: str) -> Scalar:
+    """A scalar, or the first filter entry whose filter occurs in the tensor's name."""
+    if not isinstance(value, list):
+        return value
+    for entry in value:
+        if entry.filter in (None, "*") or entry.filter in tensor_name:
+            return entry.value
+    raise StudbookError(f"no parameter value applies to tensor '{tensor_name}' "
+                        "(add an entry without a filter)")
+
+
+def _header(folder: Path) -> tuple[Path, dict[str, tuple[tuple[int, ...], str]]]:
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) != 1:
+        raise StudbookError(f"expected one safetensors file, found {len(files)}", file=str(folder))
+    with safe_open(str(files[0]), framework="pt") as handle:
+        shapes = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
+                  for name in handle.keys()}
+    return files[0], shapes
+
+
+def _read(file: Path, name: str):
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:  # closed at once: unmapped
+        return handle.get_tensor(name)
+
+
+# safetensors dtype names <-> torch, and their sizes in bytes
+_ST_DTYPES = {"F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+              "F64": ("float64", 8)}
+_TORCH_TO_ST = {name: (code, size) for code, (name, size) in _ST_DTYPES.items()}
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file tensor by tensor, in the order of the planned header.
+
+    safetensors' own `save_file` needs every tensor in memory and serialises a full copy;
+    a merge knows every output shape and dtype up front (from its inputs' headers), so
+    the header is written first and each merged tensor is appended and dropped. The
+    file is read back by safetensors itself, which checks the offsets.
+    """
+
+    def __init__(self, path: Path, plan: dict[str, tuple[tuple[int, ...], str]]):
+        import json
+        import math
+
+        self.path, self.order, self.written = Path(path), list(plan), 0
+        header, offset = {}, 0
+        self.dtypes = {}
+        for name, (shape, dtype) in plan.items():
+            code, size = _TORCH_TO_ST[dtype] if dtype in _TORCH_TO_ST else (dtype, _ST_DTYPES[dtype][1])
+            self.dtypes[name] = _ST_DTYPES[code][0]
+            length = math.prod(shape) * size
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + length]}
+            offset += length
+        header["__metadata__"] = {"format": "pt"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+        self.header = raw
+
+    def __enter__(self) -> "SafetensorsWriter":
+        self.handle = open(self.path, "wb")
+        self.handle.write(len(self.header).to_bytes(8, "little") + self.header)
+        return self
+
+    def write(self, name: str, tensor) -> None:
+        import torch
+
+        expected = self.order[self.written]
+        if name != expected:
+            raise RuntimeError(f"tensor '{name}' written out of order (expected '{expected}')")
+        tensor = tensor.to(getattr(torch, self.dtypes[name])).contiguous()
+        if tensor.numel():  # a byte view of the tensor: no copy
+            self.handle.write(tensor.reshape(-1).view(torch.uint8).numpy())
+        self.written += 1
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.handle.close()
+        if kind is None and self.written != len(self.order):
+            raise RuntimeError(f"{self.written} of {len(self.order)} tensors written")
+
+
+def run_merge(config: MergeConfig, resolve: Callable[[str], Path], out_dir: str | Path,
+              seed: int = 0, on_tensor: Callable[[int, int, str], None] | None = None) -> dict:
+    """Merge into `out_dir` (weights, config, tokenizer); `resolve` maps a model name to a folder."""
+    import torch
+    from studbook.operators import merges
+
+    method = merges.get(config.merge_method)
+    out_dir = Path(out_dir)
+    names = [m.model for m in config.models]
+    base_name = config.base_model
+    order = ([base_name] if base_name else []) + [n for n in names if n != base_name]
+    files, headers = {}, {}
+    for name in order:
+        files[name], headers[name] = _header(resolve(name))
+    reference = order[0]
+    for name in order[1:]:
+        check_same_tensors(reference, headers[reference], name, headers[name])
+    entries = [m for m in config.models if m.model != base_name]
+    torch.manual_seed(seed)  # the random methods (DARE) draw from torch's generator
+    out_dtype = getattr(torch, config.out_dtype or config.dtype) if (config.out_dtype or config.dtype) else None
+    work_dtype = getattr(torch, config.dtype) if config.dtype else None
+    tensor_names = list(headers[reference])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = SafetensorsWriter(out_dir / "model.safetensors", {
+        name: (headers[reference][name][0], config.out_dtype or config.dtype or headers[reference][name][1])
+        for name in tensor_names})
+    with writer:
+        for index, tensor_name in enumerate(tensor_names):
+            def load(model: str):
+                tensor = _read(files[model], tensor_name)
+                return tensor.to(work_dtype) if work_dtype else tensor
+            base = load(base_name) if base_name else None
+            tensors = [load(e.model) for e in entries]
+            per_model = []
+            for entry in entries:
+                params = {}
+                for key, default in method.per_model.items():
+                    value = entry.parameters.get(key, config.parameters.get(key, default))
+                    params[key] = _resolve(value, tensor_name)
+                per_model.append(params)
+            shared = {key: _resolve(config.parameters.get(key, default), tensor_name)
+                      for key, default in method.shared.items()}
+            merged = method.merge(base, tensors, per_model, shared)
+            writer.write(tensor_name, merged.to(out_dtype) if out_dtype else merged)
+            del base, tensors, merged
+            if on_tensor:
+                on_tensor(index + 1, len(tensor_names), tensor_name)
+    source = resolve(reference)
+    for extra in ("config.json", "generation_config.json", "tokenizer.json",
+                  "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / extra).is_file():
+            shutil.copy2(source / extra, out_dir / extra)
+    if out_dtype is not None and (out_dir / "config.json").is_file():
+        import json
+
+        cfg = json.loads((out_dir / "config.json").read_text())
+        for key in ("torch_dtype", "dtype"):
+            if key in cfg:
+                cfg[key] = config.out_dtype or config.dtype
+        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return {"merge_method": method.name, "tensors": len(tensor_names),
+            "models": len(entries), "base_model": base_name,
+            "deterministic": method.deterministic}
+
+
+def check_same_tensors(name_a: str, shapes_a: dict, name_b: str, shapes_b: dict) -> None:
+    """Same tensor names and shapes, or a clear error naming both models and the key."""
+    missing = sorted(set(shapes_a) ^ set(shapes_b))
+    if missing:
+        owner = name_a if missing[0] in shapes_a else name_b
+        raise StudbookError(f"'{name_a}' and '{name_b}' differ in tensors: '{missing[0]}' is only "
+                            f"in '{owner}' ({len(missing)} differing)", key=missing[0])
+    for tensor, (shape, _dtype) in shapes_a.items():
+        if shapes_b[tensor][0] != shape:
+            raise StudbookError(f"'{name_a}' and '{name_b}' differ in the shape of '{tensor}': "
+                                f"{list(shape)} vs {list(shapes_b[tensor][0])}", key=tensor)
+
+
+def merge_from_yaml(config_file: str | Path, out_dir: str | Path, seed: int = 0,
+                    on_tensor=None) -> dict:
+    """Run a mergekit YAML whose `model:` entries are local folders (like `mergekit-yaml`)."""
+    from studbook.operators.artifacts import check_safe_folder
+    from studbook.core.atomic import atomic_dir
+    from studbook.core.config import load_yaml
+
+    config_file = Path(config_file)
+    config = parse_config(load_yaml(config_file), file=str(config_file))
+
+    def resolve(name: str) -> Path:
+        folder = Path(name) if Path(name).is_absolute() else (config_file.parent / name)
+        if not folder.is_dir():
+            folder = Path(name)
+        check_safe_folder(folder)
+        return folder
+
+    with atomic_dir(out_dir) as tmp:
+        return run_merge(config, resolve, tmp, seed=seed, on_tensor=on_tensor)

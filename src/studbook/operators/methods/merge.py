@@ -1,0 +1,122 @@
+"""Full-weight merges: one breeding method per registered merge method (`studbook.operators.merges`).
+
+The recipe's `parameters` are mergekit's format without `merge_method` (the recipe's
+`method` names it); `model:` and `base_model:` name parent generations. Omitted
+`models` means every parent except the base, with weight 1.0. Adapter parents are first
+merged into their base (PEFT's `merge_and_unload`) so they can take part.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from studbook.operators import merges
+from studbook.operators.methods import Method, add
+
+
+class MergeParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    models: list[dict[str, Any]] | None = None
+    base_model: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    dtype: str | None = None
+    out_dtype: str | None = None
+
+    def mergekit_config(self, method: str, parents: list[str]) -> dict:
+        models = self.models
+        if models is None:
+            base = self.base_model or (parents[0] if merges.get(method).needs_base else None)
+            models = [{"model": p, "parameters": {"weight": 1.0}} for p in parents if p != base]
+        else:
+            base = self.base_model
+        data = {"merge_method": method, "models": models, "parameters": self.parameters}
+        for key in ("dtype", "out_dtype"):
+            if getattr(self, key):
+                data[key] = getattr(self, key)
+        if base:
+            data["base_model"] = base
+        return data
+
+
+def _checker(method_name: str):
+    def check(ctx, file: str) -> None:
+        from studbook.core.errors import StudbookError
+        from studbook.operators.merging import parse_config
+
+        names = [p.name for p in ctx.parents]
+        config = parse_config(ctx.params.mergekit_config(method_name, names), file=file,
+                              prefix="parameters")
+        for index, entry in enumerate(config.models):
+            if entry.model not in names:
+                raise StudbookError(f"'{entry.model}' is not a parent (parents: {', '.join(names)})",
+                                    file=file, key=f"parameters.models[{index}].model")
+        if config.base_model and config.base_model not in names:
+            raise StudbookError(f"base_model '{config.base_model}' is not a parent",
+                                file=file, key="parameters.base_model")
+        used = {e.model for e in config.models} | {config.base_model}
+        for index, name in enumerate(names):
+            if name not in used:
+                raise StudbookError(f"parent '{name}' takes no part in the merge",
+                                    file=file, key=f"parents[{index}]")
+        _check_shapes(ctx.parents, file)
+    return check
+
+
+def _check_shapes(parents, file: str) -> None:
+    from pathlib import Path
+
+    from studbook.core.errors import StudbookError
+    from studbook.operators.merging import _header, check_same_tensors
+
+    def shapes(parent):
+        folder = Path(parent.meta["base"]["path"]) if parent.kind == "adapter" else parent.path
+        return _header(folder)[1]
+
+    first = parents[0]
+    reference = shapes(first)
+    for other in parents[1:]:
+        try:
+            check_same_tensors(first.name, reference, other.name, shapes(other))
+        except StudbookError as exc:
+            raise StudbookError(f"parents {exc.detail}", file=file, key="parents") from None
+
+
+def _breeder(method_name: str):
+    def breed(ctx) -> dict:
+        from studbook.operators.artifacts import load_artifact, save_model
+        from studbook.operators.merging import parse_config, run_merge
+        from studbook.core.runtime import progress
+        from studbook.operators.tokenizer import load_tokenizer
+
+        names = [p.name for p in ctx.parents]
+        config = parse_config(ctx.params.mergekit_config(method_name, names), file=ctx.recipe_file,
+                              prefix="parameters")
+        scratch = ctx.out_dir.parent / (ctx.out_dir.name + ".parents")
+        folders = {}
+        for parent in ctx.parents:
+            if parent.kind == "adapter":  # a full model is needed: merge the adapter into its base
+                folders[parent.name] = scratch / parent.name
+                save_model(load_artifact(parent.path), load_tokenizer(parent.path), folders[parent.name])
+            else:
+                folders[parent.name] = parent.path
+        try:
+            facts = run_merge(config, folders.__getitem__, ctx.out_dir, seed=ctx.recipe.seed,
+                              on_tensor=lambda i, n, t: progress(f"merge {i}/{n} {t}") if i % 10 == 0 or i == n else None)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return facts
+    return breed
+
+
+def register_merge_method(name: str) -> None:
+    """Register the breeding method for merge method `name` (called by the registry)."""
+    entry = merges.get(name)
+    add(Method(
+        name=name, breed=_breeder(name), min_parents=1 + int(entry.needs_base),
+        max_parents=None if entry.max_models is None else entry.max_models + int(entry.needs_base),
+        base_model_relation="merge", relation="merge", deterministic=entry.deterministic,
+        description=f"full-weight {name} merge (mergekit format; {entry.reference})",
+        parameters=MergeParameters, parent_kinds=("model", "adapter"), check=_checker(name)))

@@ -1,0 +1,93 @@
+"""The population, read from the repository itself: every card's JSON twin.
+
+Promoted members and rejected children (negative results) are both kept and both
+queryable; nothing lives in a side database.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from studbook.core.errors import StudbookError
+
+
+def members(cards_dir: str | Path = "cards") -> list[dict]:
+    out = []
+    for file in sorted(Path(cards_dir).glob("*.json")):
+        out.append(json.loads(file.read_text(encoding="utf-8")))
+    return out
+
+
+def member(name: str, cards_dir: str | Path = "cards") -> dict:
+    file = Path(cards_dir) / f"{name}.json"
+    if not file.is_file():
+        known = ", ".join(m["name"] for m in members(cards_dir)) or "none"
+        raise StudbookError(f"no member named '{name}' (known: {known})", file=str(file))
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def row(m: dict) -> dict:
+    scores = {b["task"]: b["value"] for b in m["benchmarks"]}
+    return {
+        "name": m["name"], "kind": m["kind"], "method": m["method"], "verdict": m["verdict"],
+        "parents": [p["name"] for p in m["parents"]],
+        "primary": round(m["primary"]["child"], 4), "primary_metric": m["primary"]["metric"],
+        "net_gain": round(m["primary"]["net_gain"]["mean"], 4),
+        "parameters": m["parameters"], "tokens": m["compute"]["tokens"],
+        "flops": m["compute"]["flops"], "contract": m["contract"],
+        "seconds": m["compute"]["seconds"], "scores": scores,
+    }
+
+
+def select_parents(method_name: str, contract_name: str, cards_dir: str | Path = "cards",
+                   conf_dir: str | Path = "conf") -> tuple[list[str], dict]:
+    """Parents for `--parents auto`: promoted, compatible members ranked by the contract.
+
+    A member is a candidate when it was promoted, its card reports every primary task of
+    the contract, its architecture is accepted and it fits the parameter budget. The
+    ranking is the pooled primary score (mean over the primary tasks); the method's
+    minimum number of parents is taken (two for a merge without a base). The returned
+    selection, with every candidate and the reason it was or was not chosen, goes
+    into the recipe.
+    """
+    from studbook.operators import methods
+    from studbook.core.config import load_yaml, validate
+    from studbook.repository.recipes import Contract
+
+    method = methods.get(method_name, key="method")
+    contract_file = Path(conf_dir) / "contract" / f"{contract_name}.yaml"
+    contract = validate(Contract, load_yaml(contract_file), file=str(contract_file))
+    wanted = max(1, method.min_parents)
+    candidates = []
+    for m in members(cards_dir):
+        scores = {b["task"]: b["value"] for b in m["benchmarks"]}
+        reason = None
+        if m["verdict"] != "promoted":
+            reason = f"verdict {m['verdict']}"
+        elif m["kind"] not in method.parent_kinds:
+            reason = f"an {m['kind']}; '{method.name}' takes {', '.join(method.parent_kinds)}"
+        elif m["architecture"] not in contract.compatibility.architectures:
+            reason = f"architecture {m['architecture']} not accepted"
+        elif m.get("total_parameters", m["parameters"]) > contract.compatibility.max_parameters:
+            reason = "over the parameter budget"
+        elif any(t not in scores for t in contract.primary.tasks):
+            reason = "not scored on the contract's primary tasks"
+        score = None if reason else sum(scores[t] for t in contract.primary.tasks) / len(contract.primary.tasks)
+        candidates.append({"name": m["name"], "score": None if score is None else round(score, 6),
+                           "excluded": reason})
+    sign = 1 if contract.primary.direction == "lower" else -1
+    ranked = sorted((c for c in candidates if c["excluded"] is None),
+                    key=lambda c: (sign * c["score"], c["name"]))
+    if len(ranked) < wanted:
+        raise StudbookError(f"'{method.name}' needs {wanted} parent(s); the population has "
+                            f"{len(ranked)} compatible promoted member(s) for contract '{contract_name}'",
+                            file=str(contract_file), key="compatibility")
+    chosen = [c["name"] for c in ranked[:wanted]]
+    selection = {
+        "rule": f"promoted, compatible with contract '{contract_name}', ranked by mean "
+                f"{contract.primary.metric} over its primary tasks ({contract.primary.direction} is better)",
+        "chosen": chosen,
+        "candidates": sorted(candidates, key=lambda c: c["name"]),
+    }
+    return chosen, selection

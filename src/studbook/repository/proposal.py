@@ -1,0 +1,233 @@
+"""Proposing a generation: its recipe and its dvc.yaml, written once from a template.
+
+The dvc.yaml names every file the recipe composes, every parent's artifact (DVC cannot
+interpolate a list of parents into `deps`) and, for each stage, exactly the code it
+runs (`core.codedeps`: the stage's import closure plus the breeding method's files);
+the recipe and the groups that decide the weights are DVC *params*, so `dvc exp show`,
+`dvc params diff` and `dvc exp run -S` see seeds, learning rates and ranks. A lock per
+generation means sibling pull requests never conflict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from studbook.core.atomic import write_text_atomic
+from studbook.core.errors import StudbookError
+from studbook.repository.generation import GenerationPaths, load_generation, parents_of
+from studbook.repository.recipes import NAME_RE, ResolvedRecipe, compose_recipe
+
+DATA_FILES = ("templates/generation.dvc.yaml.j2",)
+TEMPLATE = Path(__file__).parents[1] / DATA_FILES[0]
+
+
+def render_recipe(name: str, method: str, parents: list[str], seed: int,
+                  choices: dict[str, str], parameters: dict | None = None,
+                  selection: dict | None = None, overrides: dict | None = None,
+                  compounding: dict | None = None) -> str:
+    lines = [f"# Generation {name}: what is bred. Runtime knobs (device, threads) never go here.",
+             "defaults:"]
+    lines += [f"  - {group}: {option}" for group, option in choices.items()]
+    lines += ["  - _self_", "", f"name: {name}", f"method: {method}",
+              f"parents: [{', '.join(parents)}]", f"seed: {seed}"]
+    text = "\n".join(lines) + "\n"
+    for key, value in (("parameters", parameters), ("selection", selection),
+                       ("compounding", compounding)):
+        if value:
+            text += yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False)
+    if overrides:
+        text += "# overrides of the composed groups\n"
+        text += yaml.safe_dump(overrides, sort_keys=False, default_flow_style=False)
+    return text
+
+
+def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
+    """Each stage of the generation: its params files, dependencies and outputs."""
+    from studbook.core.codedeps import stage_code
+    from studbook.evidence.tasks import task_files
+    from studbook.operators import methods
+
+    recipe = resolved.recipe
+    paths = GenerationPaths(recipe.name)
+    parents = parents_of(resolved)
+    contract = resolved.contract_name
+    groups = resolved.group_files
+    artifact = str(paths.artifact(resolved.kind))
+    harvest = recipe.contract.harvest
+
+    def tasks_deps(tasks: list[str]) -> list[str]:
+        out: list[str] = []
+        for task in tasks:
+            out += [f for f in task_files("tasks", task) if f not in out]
+        return out
+
+    parent_artifacts = [str(p.path) for p in parents]
+    parent_evals = [str(p.eval_dir) for p in parents]
+    parent_hard = [str(GenerationPaths(p.name).hard_examples(contract)) for p in parents] if harvest else []
+    # every stage resolves the generation, which imports its method's files: all three run them
+    operator = methods.code_modules(recipe.method)
+    breed = [*stage_code(root, "breed", operator), groups["contract"],
+             *parent_artifacts]
+    if recipe.train.steps:
+        breed.append(recipe.data.corpus)
+        if recipe.data.replay:
+            breed += parent_evals
+        if recipe.data.hard_examples:
+            breed += parent_hard
+    if recipe.train.target is not None:
+        breed += tasks_deps([recipe.train.target.task])
+    benchmark_tasks = [b.task for b in recipe.contract.benchmarks] + (harvest.tasks if harvest else [])
+    evaluate = [*stage_code(root, "evaluate", operator), str(paths.recipe), groups["contract"], groups["model"],
+                artifact, *(parent_artifacts if resolved.kind == "adapter" else []),
+                *tasks_deps(benchmark_tasks)]
+    record = [*stage_code(root, "record", operator), str(paths.recipe), *(groups[g] for g in ("contract", "model",
+              "train", "data")), artifact, str(paths.live), str(paths.eval), *parent_evals, *parent_hard,
+              f"{recipe.data.corpus}/manifest.json"]
+    if harvest:
+        record += [f for f in tasks_deps(harvest.tasks) if not f.startswith("tasks/")]
+    if recipe.compounding:
+        reference = GenerationPaths(recipe.compounding.scratch)
+        record += [str(reference.artifact("model")), str(reference.live)]
+    record_outs = [str(paths.verdict)]
+    if harvest:
+        record_outs += [str(paths.hard_examples(contract)), str(paths.hard_examples_task(contract))]
+    record_outs += [str(paths.card), str(paths.card_json)]
+    return [
+        {"name": "breed", "params": [str(paths.recipe), *(groups[g] for g in ("model", "train", "data"))],
+         "deps": breed, "outs": [artifact, str(paths.live)]},
+        {"name": "evaluate", "params": [], "deps": evaluate, "outs": [str(paths.eval)],
+         "metrics": [str(paths.metrics)]},
+        {"name": "record", "params": [], "deps": record, "outs": record_outs},
+    ]
+
+
+def render_dvc_yaml(resolved: ResolvedRecipe, root: str | Path = ".") -> str:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+    template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
+    paths = GenerationPaths(resolved.recipe.name)
+    stages = stage_plan(resolved, root)
+    uncached = {str(paths.verdict), str(paths.card), str(paths.card_json),
+                *(o for s in stages for o in s["outs"] if o.startswith("hard_examples/"))}
+    return template.render(name=resolved.recipe.name, dvc_yaml=str(paths.dvc_yaml), stages=stages,
+                           uncached=uncached)
+
+
+def propose(name: str, method: str, parents: list[str], seed: int, choices: dict[str, str],
+            conf_dir: str | Path = "conf", refresh: bool = False, parameters: dict | None = None,
+            selection: dict | None = None, overrides: dict | None = None,
+            compounding: dict | None = None) -> ResolvedRecipe:
+    """Write generations/NAME/{recipe.yaml,dvc.yaml}; nothing is written on bad input."""
+    if not NAME_RE.match(name):
+        raise StudbookError(f"'{name}' is not a valid generation name "
+                            "(lower-case letters, digits, '-' or '_')", key="name")
+    paths = GenerationPaths(name)
+    if refresh:
+        if not paths.recipe.is_file():
+            raise StudbookError("nothing to refresh", file=str(paths.recipe))
+    else:
+        if paths.folder.exists():
+            raise StudbookError("generation already exists (use --refresh to rewrite its dvc.yaml)",
+                                file=str(paths.folder))
+        text = render_recipe(name, method, parents, seed, choices, parameters, selection, overrides,
+                             compounding)
+        # validate in a scratch copy first so bad input leaves the repository untouched
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            trial = Path(scratch) / name / "recipe.yaml"
+            trial.parent.mkdir()
+            trial.write_text(text)
+            compose_recipe(trial, Path(conf_dir).resolve())
+        write_text_atomic(paths.recipe, text)
+    try:
+        resolved = load_generation(name, conf_dir, check_deps=False)
+    except StudbookError:
+        if not refresh:
+            import shutil
+
+            shutil.rmtree(paths.folder, ignore_errors=True)
+        raise
+    write_text_atomic(paths.dvc_yaml, render_dvc_yaml(resolved))
+    return resolved
+
+
+def _fetch_hub(repo_id: str, name: str) -> Path:
+    """A hub id, where the network allows: safetensors, configs and tokenizer files only."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise StudbookError(f"'{repo_id}' is not a local folder and the hub is offline "
+                            "(HF_HUB_OFFLINE=1)", key="from")
+    from huggingface_hub import snapshot_download
+
+    target = Path("sources") / name
+    try:
+        snapshot_download(repo_id, local_dir=str(target),
+                          allow_patterns=["*.safetensors", "*.json", "*.txt", "tokenizer.model"])
+    except Exception as exc:  # network, auth, unknown repo
+        raise StudbookError(f"cannot fetch '{repo_id}' from the hub: {exc}", key="from") from None
+    return target
+
+
+def propose_import(name: str, source: str, choices: dict[str, str], seed: int,
+                   conf_dir: str | Path = "conf") -> dict:
+    """A founder generation that imports an existing model folder, pinned by sha256."""
+    import json
+
+    from studbook.operators.artifacts import check_safe_folder, weights_sha256
+
+    folder = Path(source)
+    if not folder.is_dir():
+        folder = _fetch_hub(source, name)
+    check_safe_folder(folder)  # pickle files and auto_map refused before anything is read
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    context = next((config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                    if isinstance(config.get(k), int)), 512)
+    params = {"source": str(folder.resolve()), "sha256": weights_sha256(folder)}
+    choices = {**choices, "model": "imported", "train": "none"}
+    overrides = {"model": {"architecture": str(config.get("model_type")),
+                           "context_length": min(int(context), 512)}}
+    propose(name, "import", [], seed, choices, conf_dir, parameters=params, overrides=overrides)
+    return params
+
+
+def render_root_dvc_yaml(root: str | Path = ".") -> str:
+    """The shared stages (data preparation, benchmark building) with their derived code deps."""
+    from studbook.core.codedeps import stage_code
+
+    root = Path(root)
+    spec = {
+        "prepare_data": {"params": ["data"], "deps": [], "outs": ["data/corpus"]},
+        "build_benchmarks": {"params": ["benchmarks"], "deps": ["data/corpus"], "outs": ["data/benchmarks"]},
+    }
+    lines = ["# Stages every generation shares; each generation has its own generations/NAME/dvc.yaml.",
+             "# Written by `studbook refresh`: code deps are each stage's import closure.", "stages:"]
+    for kind, stage in spec.items():
+        lines += [f"  {kind}:", f"    cmd: python stages/{kind}.py", "    deps:"]
+        lines += [f"      - {d}" for d in stage_code(root, kind) + stage["deps"]]
+        lines += ["    params:"] + [f"      - {p}" for p in stage["params"]]
+        lines += ["    outs:"] + [f"      - {o}" for o in stage["outs"]]
+    return "\n".join(lines) + "\n"
+
+
+def refresh_all(names: list[str] | None = None, root: str | Path = ".") -> list[str]:
+    """Rewrite the root dvc.yaml and each generation's from the code; returns what changed."""
+    root = Path(root)
+    changed = []
+    targets = [(root / "dvc.yaml", render_root_dvc_yaml(root))] if not names else []
+    for recipe in sorted((root / "generations").glob("*/recipe.yaml")):
+        name = recipe.parent.name
+        if names and name not in names:
+            continue
+        targets.append((root / GenerationPaths(name).dvc_yaml,
+                        render_dvc_yaml(load_generation(name, check_deps=False), root)))
+    for path, text in targets:
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_text_atomic(path, text)
+            changed.append(str(path))
+    return changed

@@ -1,0 +1,314 @@
+"""Recipes: a generation's Hydra config, composed from `conf/` and validated once.
+
+A recipe (`generations/NAME/recipe.yaml`) composes one option from each config group
+(`contract`, `model`, `train`, `data`) and adds what is particular to the generation:
+its name, method, parents and seed. Composition is done by Hydra's compose API (DVC
+composes only under `dvc exp run`, and stages must behave the same under `dvc repro`).
+Recipes hold *what* is built; device, threads and launcher never appear here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from studbook.core.config import load_yaml, validate
+from studbook.core.errors import StudbookError
+
+GROUPS = ("contract", "model", "train", "data")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    """conf/model/*.yaml: any HF causal-LM architecture, built from its config class."""
+
+    architecture: str = Field(description="HF model_type, e.g. llama, gpt2, qwen2")
+    context_length: int = Field(gt=0, description="tokens (= bytes) seen at once, train and eval")
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="keyword arguments of the HF config class")
+
+
+class TargetSpec(Strict):
+    """Stop training at the first check that reaches this bits per byte (compute-to-target)."""
+
+    task: str = Field(description=(
+        "a local lm-eval bits-per-byte task under tasks/; use a mining task, so the held-out "
+        "benchmarks stay unseen by the stopping rule"))
+    bits_per_byte: float = Field(gt=0, description="the target, lower is better")
+    every: int = Field(default=10, gt=0, description="steps between checks")
+    items: int | None = Field(default=None, gt=0, description="check on the first N documents only")
+
+
+class TrainSpec(Strict):
+    """conf/train/*.yaml: a bounded training budget."""
+
+    steps: int = Field(ge=0, description="optimizer steps; the primary budget")
+    batch_size: int = Field(gt=0, description="sequences per step")
+    lr: float = Field(gt=0, description="peak AdamW learning rate")
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="cosine floor, x peak")
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(default=1.0, gt=0)
+    max_seconds: float | None = Field(default=None, gt=0, description=(
+        "optional wall-clock cap; a capped run is not bit-reproducible and its card says so"))
+    log_every: int = Field(default=10, gt=0, description="steps between dvclive points")
+    precision: Literal["fp32", "bf16-mixed"] = Field(default="fp32", description=(
+        "fp32, or bf16-mixed (bfloat16 matmuls under autocast, float32 weights and optimizer); "
+        "part of the recipe because it changes the weights"))
+    compile: bool = Field(default=False, description=(
+        "torch.compile the forward and loss (TorchInductor; needs a C compiler); changes "
+        "floating-point rounding, so it is part of the recipe too"))
+    target: TargetSpec | None = Field(default=None, description=(
+        "train until this target is reached (or the step budget ends); the card reports "
+        "the compute it took"))
+
+
+class DataSpec(Strict):
+    """conf/data/*.yaml: what a generation trains on."""
+
+    corpus: str = Field(description="folder written by the prepare_data stage")
+    split: Literal["train"] = "train"
+    niches: list[str] | None = Field(default=None, description="restrict to these niches")
+    hard_examples: float = Field(default=0.0, ge=0, le=1, description=(
+        "fraction of training sequences drawn from the hard examples the parents' lineage "
+        "harvested for this contract"))
+    replay: float = Field(default=0.0, ge=0, le=1, description=(
+        "fraction of training sequences drawn from mining items the parents score best on "
+        "(so a child learns its niche without forgetting)"))
+    replay_items: int = Field(default=32, gt=0, description="items replayed, per parent")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "DataSpec":
+        if self.hard_examples + self.replay > 1:
+            raise ValueError("hard_examples + replay may not exceed 1")
+        return self
+
+
+def _registered(name: str) -> str:
+    from studbook.evidence import metrics
+
+    if name not in metrics.known():
+        raise ValueError(f"unknown metric '{name}' (known: {', '.join(metrics.known())})")
+    return name
+
+
+Metric = Annotated[str, AfterValidator(_registered)]
+
+
+class _Directed(Strict):
+    """A metric with its direction; the direction defaults to the registry's and must agree."""
+
+    @model_validator(mode="after")
+    def _direction_agrees(self):
+        from studbook.evidence import metrics
+
+        expected = metrics.get(self.metric).direction
+        if self.direction is None:
+            object.__setattr__(self, "direction", expected)
+        elif self.direction != expected:
+            raise ValueError(f"{self.metric}: {expected} is better, not {self.direction}")
+        return self
+
+
+class Benchmark(Strict):
+    task: str = Field(description="lm-eval task name, defined under tasks/")
+    metric: Metric = Field(description="a registered metric (studbook.evidence.metrics)")
+    niche: str
+
+
+class Primary(_Directed):
+    metric: Metric
+    direction: Literal["lower", "higher"] | None = None
+    tasks: list[str] = Field(min_length=1, description="items of these tasks are pooled")
+
+
+class Guard(_Directed):
+    task: str
+    metric: Metric
+    direction: Literal["lower", "higher"] | None = None
+    tolerance: float = Field(ge=0, description="allowed regression, in the metric's unit")
+
+
+class Compatibility(Strict):
+    architectures: list[str] = Field(min_length=1, description="HF model_type values accepted")
+    tokenizer_sha256: str | None = Field(default=None, description="tokenizer fingerprint")
+    max_parameters: int = Field(gt=0)
+
+
+class GateSpec(Strict):
+    bootstrap_samples: int = Field(default=2000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    min_net_gain: float = Field(default=0.0, description="in the primary metric's unit")
+    seed: int = 0
+
+
+class EvaluationSpec(Strict):
+    batch_size: int = Field(default=16, gt=0)
+    limit: int | None = Field(default=None, gt=0, description="items per task (tests only)")
+    seed: int = 1234
+
+
+class HarvestSpec(Strict):
+    tasks: list[str] = Field(min_length=1, description=(
+        "bits-per-byte lm-eval tasks over the *mining* split (never the held-out one)"))
+    per_task: int = Field(default=8, gt=0, description="hardest new items kept per task")
+
+
+class Contract(Strict):
+    """conf/contract/*.yaml: what a member must satisfy to be useful."""
+
+    description: str
+    benchmarks: list[Benchmark] = Field(min_length=1)
+    primary: Primary
+    guarded: list[Guard] = Field(default_factory=list)
+    compatibility: Compatibility
+    gate: GateSpec = GateSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    harvest: HarvestSpec | None = None
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> "Contract":
+        names = {b.task for b in self.benchmarks}
+        if self.harvest:
+            for task in self.harvest.tasks:
+                if task in names:
+                    raise ValueError(f"harvest task '{task}' is also a benchmark: hard "
+                                     "examples come from the mining split, never the held-out one")
+        for task in self.primary.tasks:
+            if task not in names:
+                raise ValueError(f"primary task '{task}' is not among benchmarks")
+        for guard in self.guarded:
+            if guard.task not in names:
+                raise ValueError(f"guarded task '{guard.task}' is not among benchmarks")
+        return self
+
+
+class CompoundingSpec(Strict):
+    """Compare this child's compute-to-target with a model trained from scratch to it."""
+
+    scratch: str = Field(description=(
+        "a generation bred from scratch with the same train.target; the card puts both "
+        "compute figures and their ratio side by side"))
+
+
+class Recipe(Strict):
+    name: str
+    method: str
+    parents: list[str] = Field(default_factory=list)
+    seed: int
+    parameters: dict[str, Any] = Field(default_factory=dict, description=(
+        "the method's own parameters, validated by the method's schema"))
+    selection: dict[str, Any] | None = Field(default=None, description=(
+        "how `--parents auto` chose the parents, and why (written by propose)"))
+    compounding: CompoundingSpec | None = None
+    contract: Contract
+    model: ModelSpec
+    train: TrainSpec
+    data: DataSpec
+
+
+class ResolvedRecipe(BaseModel):
+    """A validated recipe plus where each part came from (for errors and dvc deps)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recipe: Recipe
+    recipe_file: str
+    group_files: dict[str, str]  # group -> conf/<group>/<option>.yaml
+    choices: dict[str, str]  # group -> option name
+    resolved: dict[str, Any]  # the composed config, plain data
+    parameters: Any = None  # the method's typed parameters (set by load_generation)
+    kind: str = "model"  # the artifact this generation produces: model or adapter
+
+    @property
+    def contract_name(self) -> str:
+        return self.choices["contract"]
+
+
+def _has_path(data: Any, loc: tuple) -> bool:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return False
+    return True
+
+
+def _defaults_choices(raw: dict, recipe_file: str, conf_dir: Path) -> dict[str, str]:
+    defaults = raw.get("defaults")
+    if not isinstance(defaults, list):
+        raise StudbookError("a recipe needs a `defaults` list choosing one option per group "
+                            f"({', '.join(GROUPS)})", file=recipe_file, key="defaults")
+    choices: dict[str, str] = {}
+    for index, entry in enumerate(defaults):
+        if entry == "_self_":
+            continue
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise StudbookError("each entry is `group: option`", file=recipe_file,
+                                key=f"defaults[{index}]")
+        (group, option), = entry.items()
+        group = str(group).lstrip("/")
+        if group not in GROUPS:
+            raise StudbookError(f"unknown config group '{group}' (known: {', '.join(GROUPS)})",
+                                file=recipe_file, key=f"defaults[{index}]")
+        option_file = conf_dir / group / f"{option}.yaml"
+        if not option_file.is_file():
+            known = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+            raise StudbookError(f"no {group} named '{option}' in {conf_dir / group} "
+                                f"(known: {', '.join(known) or 'none'})",
+                                file=recipe_file, key=f"defaults[{index}].{group}")
+        choices[group] = str(option)
+    missing = [g for g in GROUPS if g not in choices]
+    if missing:
+        raise StudbookError(f"no option chosen for group(s) {', '.join(missing)}",
+                            file=recipe_file, key="defaults")
+    return choices
+
+
+def compose_recipe(recipe_path: str | Path, conf_dir: str | Path = "conf") -> ResolvedRecipe:
+    """Compose `recipe.yaml` with Hydra and validate it; errors name file and key."""
+    recipe_path, conf_dir = Path(recipe_path), Path(conf_dir)
+    recipe_file = str(recipe_path)
+    raw = load_yaml(recipe_path)
+    choices = _defaults_choices(raw, recipe_file, conf_dir)
+    group_files = {g: str(conf_dir / g / f"{o}.yaml") for g, o in choices.items()}
+    for group_file in group_files.values():
+        load_yaml(group_file)  # a malformed group file is named here, before Hydra
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(config_dir=str(recipe_path.parent.resolve()), version_base="1.3"):
+            cfg = compose(recipe_path.stem, overrides=[
+                f"hydra.searchpath=[file://{conf_dir.resolve()}]"])
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # Hydra/OmegaConf errors: interpolation, type merges
+        raise StudbookError(f"cannot compose: {exc}", file=recipe_file) from None
+    resolved.pop("defaults", None)
+
+    def locate(loc: tuple) -> str:
+        # a key the recipe itself sets is the recipe's fault; otherwise its group file's
+        if loc and loc[0] in group_files and not _has_path(raw, loc):
+            return group_files[loc[0]]
+        return recipe_file
+
+    recipe = validate(Recipe, resolved, file=recipe_file, locate=locate)
+    if not NAME_RE.match(recipe.name):
+        raise StudbookError("a generation name is lower-case letters, digits, '-' or '_'",
+                            file=recipe_file, key="name")
+    if recipe.name != recipe_path.parent.name:
+        raise StudbookError(f"name '{recipe.name}' differs from its folder "
+                            f"'{recipe_path.parent.name}'", file=recipe_file, key="name")
+    return ResolvedRecipe(recipe=recipe, recipe_file=recipe_file, group_files=group_files,
+                          choices=choices, resolved=resolved)

@@ -1,0 +1,142 @@
+"""Card diffs for pull requests: what changed in the population between two revisions.
+
+Cards are read from git objects (GitPython), never from the working tree, so any two
+revisions compare: a branch against main, two tags, a commit and its parent. The report
+is Markdown: regressions beyond a contract's tolerance first, then every added, changed
+and removed member with old value, new value and delta per benchmark, deltas against
+parents, verdicts, and the new members' lineage as a Mermaid snippet.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from studbook.core.errors import StudbookError
+
+
+def cards_at(rev: str, repo_dir: str = ".") -> dict[str, dict]:
+    from git import Repo
+    from git.exc import BadName, InvalidGitRepositoryError
+
+    try:
+        commit = Repo(repo_dir).commit(rev)
+    except (BadName, ValueError, InvalidGitRepositoryError) as exc:
+        raise StudbookError(f"unknown revision '{rev}': {exc}", key="revision") from None
+    try:
+        folder = commit.tree / "cards"
+    except KeyError:
+        return {}
+    cards = {}
+    for blob in folder.blobs:
+        if blob.name.endswith(".json"):
+            card = json.loads(blob.data_stream.read().decode("utf-8"))
+            cards[card["name"]] = card
+    return cards
+
+
+def _signed(change: float, direction: str) -> float:
+    """Positive is better."""
+    return change if direction == "higher" else -change
+
+
+def _tolerances(card: dict) -> dict[tuple[str, str], float]:
+    return {(g["task"], g["metric"]): g["tolerance"] for g in card.get("guards", [])}
+
+
+def compare(base: dict[str, dict], head: dict[str, dict]) -> dict[str, Any]:
+    added = sorted(set(head) - set(base))
+    removed = sorted(set(base) - set(head))
+    changed = sorted(n for n in set(base) & set(head) if base[n] != head[n])
+    regressions: list[dict] = []
+    entries = []
+    for name in added:
+        card = head[name]
+        for guard in card.get("guards", []):
+            if not guard["ok"]:
+                regressions.append({"member": name, "task": guard["task"], "metric": guard["metric"],
+                                    "change": guard["change"], "tolerance": guard["tolerance"],
+                                    "against": card["reference_parent"]})
+        entries.append({"name": name, "status": "added", "card": card, "rows": [
+            {"task": b["task"], "metric": b["metric"], "old": None, "new": b["value"], "delta": None,
+             "parents": b["parents"]} for b in card["benchmarks"]]})
+    for name in changed:
+        old, new = base[name], head[name]
+        olds = {(b["task"], b["metric"]): b["value"] for b in old["benchmarks"]}
+        tolerances = _tolerances(new)
+        rows = []
+        for bench in new["benchmarks"]:
+            key = (bench["task"], bench["metric"])
+            before = olds.get(key)
+            delta = None if before is None else bench["value"] - before
+            rows.append({"task": bench["task"], "metric": bench["metric"], "old": before,
+                         "new": bench["value"], "delta": delta, "parents": bench["parents"]})
+            if delta is not None and key in tolerances and \
+                    _signed(delta, bench["direction"]) < -tolerances[key]:
+                regressions.append({"member": name, "task": bench["task"], "metric": bench["metric"],
+                                    "change": delta, "tolerance": tolerances[key],
+                                    "against": "its previous card"})
+        entries.append({"name": name, "status": "changed", "card": new, "old_card": old, "rows": rows})
+    return {"added": added, "changed": changed, "removed": removed, "entries": entries,
+            "regressions": regressions}
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def render(report: dict[str, Any], base_rev: str, head_rev: str, head_cards: dict[str, dict]) -> str:
+    if not (report["added"] or report["changed"] or report["removed"]):
+        return f"# Card diff `{base_rev}` → `{head_rev}`\n\nno changes\n"
+    out = [f"# Card diff `{base_rev}` → `{head_rev}`", ""]
+    if report["regressions"]:
+        out += [f"**⚠ {len(report['regressions'])} guarded regression(s) beyond tolerance**", ""]
+        out += ["| member | benchmark | metric | change | tolerance | against |",
+                "|---|---|---|---:|---:|---|"]
+        out += [f"| {r['member']} | {r['task']} | {r['metric']} | {_fmt(r['change'], True)} | "
+                f"{_fmt(r['tolerance'])} | {r['against']} |" for r in report["regressions"]]
+    else:
+        out.append("No guarded regression beyond the contracts' tolerances.")
+    out += ["", f"{len(report['added'])} added, {len(report['changed'])} changed, "
+            f"{len(report['removed'])} removed.", ""]
+    for entry in report["entries"]:
+        card = entry["card"]
+        parents = ", ".join(p["name"] for p in card["parents"])
+        verdict = card["verdict"] if entry["status"] == "added" else \
+            f"{entry['old_card']['verdict']} → {card['verdict']}"
+        out += [f"## {entry['status']}: `{entry['name']}` — {verdict}", "",
+                f"{card['kind']} bred by `{card['method']}` from {parents}; primary "
+                f"{card['primary']['metric']} {_fmt(card['primary']['child'])}, net gain "
+                f"{_fmt(card['primary']['net_gain']['mean'], True)} over `{card['reference_parent']}`.", ""]
+        parent_names = [p["parent"] for p in entry["rows"][0]["parents"]] if entry["rows"] else []
+        added = entry["status"] == "added"  # no old value: value and deltas vs parents only
+        head = "| benchmark | metric | " + ("value | " if added else "old | new | Δ | ")
+        out.append(head + "".join(f"Δ vs {p} | " for p in parent_names))
+        out.append("|---|---|" + ("---:|" if added else "---:|---:|---:|") + "---:|" * len(parent_names))
+        for row in entry["rows"]:
+            against = "".join(f"{_fmt(p['delta'], True)} | " for p in row["parents"])
+            values = f"{_fmt(row['new'])} | " if added else \
+                f"{_fmt(row['old'])} | {_fmt(row['new'])} | {_fmt(row['delta'], True)} | "
+            out.append(f"| {row['task']} | {row['metric']} | {values}{against}")
+        out.append("")
+    for name in report["removed"]:
+        out += [f"## removed: `{name}`", ""]
+    if report["added"]:
+        from studbook.repository.lineage import from_cards, mermaid, related, topological
+
+        members = from_cards(list(head_cards.values()))
+        shown: set[str] = set()
+        for name in report["added"]:
+            shown.update(related(members, name)[0] + [name])
+        order = [n for n in topological(members) if n in shown]
+        out += ["## Lineage of the new members", "", mermaid(members, order).rstrip("\n"), ""]
+    return "\n".join(line.rstrip() for line in out).rstrip("\n") + "\n"
+
+
+def card_diff(base_rev: str, head_rev: str = "HEAD", repo_dir: str = ".") -> tuple[str, int]:
+    """The Markdown report and the exit status (1 when a guarded benchmark regresses)."""
+    base, head = cards_at(base_rev, repo_dir), cards_at(head_rev, repo_dir)
+    report = compare(base, head)
+    return render(report, base_rev, head_rev, head), 1 if report["regressions"] else 0

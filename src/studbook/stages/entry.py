@@ -1,0 +1,27 @@
+"""The entry of a generation stage: resolve generations/NAME once, run the stage's body."""
+
+from __future__ import annotations
+
+import sys
+
+from studbook.core.runtime import entry, summary
+
+
+def run_generation_stage(module, argv: list[str] | None = None) -> None:
+    """Entry of a generation stage: `python stages/<kind>.py NAME`.
+
+    Resolves generations/NAME once (recipe, method, parents) and hands the typed
+    `Generation` to `module.run`, then prints its `key: value` summary; user errors
+    (StudbookError) exit with the message naming file and key, not a traceback.
+    """
+    from studbook.core.errors import StudbookError
+
+    args = entry(module, argv, takes_name=True)
+    if args is None:
+        return
+    try:
+        from studbook.repository.generation import resolve
+
+        summary(module.run(resolve(args[0])))
+    except StudbookError as exc:
+        sys.exit(f"error: {exc}")
