@@ -88,6 +88,8 @@ def render(reports: list[dict]) -> str:
             lines.append(f"{r['member']}: {r['status']}")
             continue
         lines.append(f"{r['member']}: drifted — {len(r['moved'])} number(s) moved")
+        if r["moved"] and all("delta" not in m for m in r["moved"]):
+            lines.append("  scores: equal to the card's at its precision (6 decimals)")
         for m in r["moved"]:
             if "delta" in m:
                 lines.append(f"  {m['what']}: card {m['card']:.6f}, re-bred {m['disk']:.6f} "

@@ -65,7 +65,9 @@ def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
 
     parent_artifacts = [str(p.path) for p in parents]
     parent_evals = [str(p.eval_dir) for p in parents]
-    parent_hard = [str(GenerationPaths(p.name).hard_examples(contract)) for p in parents] if harvest else []
+    # a parent leaves hard examples for the contract it was bred under: only same-contract ones
+    parent_hard = [str(GenerationPaths(p.name).hard_examples(contract)) for p in parents
+                   if harvest and compose_recipe(GenerationPaths(p.name).recipe).contract_name == contract]
     # every stage resolves the generation, which imports its method's files: all three run them
     operator = methods.code_modules(recipe.method)
     breed = [*stage_code(root, "breed", operator), groups["contract"],
