@@ -73,6 +73,20 @@ def _sweep_orphans(path: Path) -> None:
                     orphan.unlink(missing_ok=True)
 
 
+@contextmanager
+def scratch_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A working folder `.NAME.tmp-PID-…` beside `path` that is never an output: removed on
+    exit, and swept by the next run if a kill -9 left it behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_orphans(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

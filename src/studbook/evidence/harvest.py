@@ -19,7 +19,7 @@ from pathlib import Path
 
 from studbook.core.errors import StudbookError
 
-TASK_TEMPLATE = """# Hard examples of contract {contract}, as of generation {name} (written by its harvest stage).
+TASK_TEMPLATE = """# Hard examples of contract {contract}, as of generation {name} (written by its record stage).
 # Run: lm_eval --model hf --include_path {folder} --tasks {task} ...
 task: {task}
 dataset_path: json

@@ -92,18 +92,12 @@ def _load_trainable(gen: Generation, bred_dir: Path, bred: dict):
 
 def run(gen: Generation) -> dict:
     """Breed and train generations/NAME into its artifact; returns the stage summary."""
-    import os
-    import tempfile
+    from studbook.core.atomic import scratch_dir
 
     checked = check(gen)  # nothing is written on a mismatch
-    paths = gen.paths
-    paths.folder.mkdir(parents=True, exist_ok=True)
-    bred_dir = Path(tempfile.mkdtemp(prefix=f".bred.tmp-{os.getpid()}-", dir=paths.folder))
-    try:
+    with scratch_dir(gen.paths.folder / "bred") as bred_dir:  # initial weights: never an output
         bred = make_initial(gen, bred_dir, checked)
         return _train(gen, bred_dir, bred)
-    finally:
-        shutil.rmtree(bred_dir, ignore_errors=True)
 
 
 def _train(gen: Generation, bred_dir: Path, bred: dict) -> dict:

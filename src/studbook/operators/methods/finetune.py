@@ -1,7 +1,7 @@
 """finetune: continue training all of one model parent's weights (a full fine-tune).
 
 The child starts as a byte-for-byte copy of its parent's weights and tokenizer; the
-train stage then updates every parameter. Compared with `lora`, the artifact is a whole
+training in the breed stage then updates every parameter. Compared with `lora`, the artifact is a whole
 model (no base to pin) and every weight may move.
 """
 
