@@ -89,7 +89,7 @@ def test_a_flipped_byte_is_caught_by_the_hash(artifact):
 
 
 def test_a_tampered_parent_stops_a_child_before_compute(skeleton):
-    from stagehelp import breed_initial, run_stage
+    from stagehelp import run_stage
     from studbook.repository.proposal import propose
 
     choices = {"contract": "stdlib_pico", "model": "llama_pico", "train": "pico", "data": "stdlib_all"}

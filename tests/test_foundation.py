@@ -137,6 +137,17 @@ def test_cards_record_the_pinned_numeric_environment(population):
     assert re.search(r"^\| wall time \| \d+ s on .+ \|$", text, re.M)  # host and time: one line
 
 
+def test_re_breeding_with_the_pinned_numerics_changes_no_tracked_file(population):
+    """A re-breed gives the same weights, the same evidence, the same card and the same
+    locks: wall time and host stay with the breeding that first produced these weights."""
+    repo = population
+    log = run([PY, "-m", "dvc", "repro", "-f", "generations/pico-lora/dvc.yaml"], repo, timeout=900).stdout
+    assert log.count("Running stage 'generations/pico-lora/") == 3
+    assert "wall_time: kept (same weights as when first recorded)" in log
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""
+    assert marked(repo) == set()
+
+
 def test_a_member_rebred_with_other_weights_is_reported_and_nothing_crashes(population):
     """Re-breed the founder without the pin (other floats): lineage, card diff, drift."""
     import os

@@ -201,6 +201,16 @@ def test_import_founder_pins_sha256_and_refuses_pickles(studbook, tmp_path):
 
     params = propose_import("imported", str(outside), dict(PICO), seed=0)
     assert params["sha256"] == weights_sha256(outside)
+    # pinned by content, not by path: the source folder is no DVC dependency, and a clone
+    # without it (and without the artifact in a cache) stops before compute, naming it
+    assert str(outside) not in Path("generations/imported/dvc.yaml").read_text()
+    moved = outside.with_name("elsewhere")
+    outside.rename(moved)
+    with pytest.raises(StudbookError) as missing:
+        run_stage("breed", "imported")
+    assert missing.value.key == "parameters.source" and "is not on this machine" in str(missing.value)
+    assert not Path("models/imported").exists()
+    moved.rename(outside)
     run_stage("breed", "imported")
     assert weights_sha256("models/imported") == params["sha256"]  # imported byte for byte
     recipe = yaml.safe_load(Path("generations/imported/recipe.yaml").read_text())

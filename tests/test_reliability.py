@@ -5,9 +5,9 @@ two worktrees as two pull requests would be, and `soup`, a TIES merge of all thr
 bred once. Then each stage kind is killed with SIGKILL at its worst moment — the whole
 process group, `dvc` included, as a power cut would — via STUDBOOK_FAILPOINT:
 
-- mid-training (after the second step), mid-merge (after the tenth tensor),
-- evaluation done but not yet recorded, promotion decided but not yet recorded,
-  the card's JSON twin written but not the card.
+- mid-training (after the second step) and mid-merge (after the tenth tensor), in breed,
+- evaluation done but not yet recorded (evaluate), promotion decided but not yet
+  recorded, and the card's JSON twin written but not the card (record).
 
 After each kill: nothing half-written is in place, every dvc.lock and every ancestor is
 byte-identical, the killed stage shows as changed, and a plain `dvc repro` restores
@@ -156,7 +156,7 @@ def test_siblings_bred_concurrently_in_two_worktrees_merge_cleanly(population):
     assert "up to date" in status.stdout
     # each equals a run of its own: re-training sib-a alone gives the same weights
     before = population["reference"]["sib-a"]["weights_sha256"]
-    run([PY, "-m", "dvc", "repro", "-f", "-s", "generations/sib-a/dvc.yaml:train"], repo, timeout=600)
+    run([PY, "-m", "dvc", "repro", "-f", "-s", "generations/sib-a/dvc.yaml:breed"], repo, timeout=600)
     assert json.loads((repo / "adapters/sib-a/studbook.json").read_text())["weights_sha256"] == before
     run(["git", "checkout", "-q", "--", "."], repo)
     run([PY, "-m", "dvc", "checkout", "-q", "-f"], repo)
@@ -183,13 +183,13 @@ def test_the_same_generation_bred_twice_at_once_runs_once(population):
 
 # (generation, stage, failpoint, the stage's outputs that must not be in place after the kill)
 KILLS = {
-    "mid-training": ("sib-a", "train", "say:train step 2/*", ["adapters/sib-a"]),
-    "mid-merge": ("soup", "breed", "say:merge 10/*", ["generations/soup/bred"]),
+    "mid-training": ("sib-a", "breed", "say:train step 2/*", ["adapters/sib-a"]),
+    "mid-merge": ("soup", "breed", "say:merge 10/*", ["models/soup"]),
     "evaluation done, not recorded": ("soup", "evaluate", "commit:*generations/soup/eval",
                                       ["generations/soup/eval", "generations/soup/metrics.json"]),
-    "promotion decided, not recorded": ("soup", "gate", "commit:*generations/soup/verdict.json",
-                                        ["generations/soup/verdict.json"]),
-    "card twin written, card not": ("soup", "card", "commit:cards/soup.md", ["cards/soup.md"]),
+    "promotion decided, not recorded": ("soup", "record", "commit:*generations/soup/verdict.json",
+                                        ["generations/soup/verdict.json", "cards/soup.md"]),
+    "card twin written, card not": ("soup", "record", "commit:cards/soup.md", ["cards/soup.md"]),
 }
 
 

@@ -75,7 +75,7 @@ def drift(rev: str = "HEAD", repo_dir: str | Path = ".", names: list[str] | None
         results_file = root / "generations" / name / "eval" / "results.json"
         results = json.loads(results_file.read_text(encoding="utf-8"))["results"] \
             if results_file.is_file() else None
-        compute = root / "generations" / name / "live" / "compute.json"
+        compute = root / "generations" / name / "compute.json"
         host = json.loads(compute.read_text()).get("host") if compute.is_file() else None
         reports.append(member_drift(card, meta, results, host))
     return reports

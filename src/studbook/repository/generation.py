@@ -43,6 +43,11 @@ class GenerationPaths:
         return self.folder / "live"
 
     @property
+    def compute(self) -> Path:
+        """Wall time and host of the breeding (git-tracked, never a DVC output: volatile)."""
+        return self.folder / "compute.json"
+
+    @property
     def eval(self) -> Path:
         return self.folder / "eval"
 

@@ -85,13 +85,13 @@ def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
                 artifact, *(parent_artifacts if resolved.kind == "adapter" else []),
                 *tasks_deps(benchmark_tasks)]
     record = [*stage_code(root, "record", operator), str(paths.recipe), *(groups[g] for g in ("contract", "model",
-              "train", "data")), artifact, str(paths.live), str(paths.eval), *parent_evals, *parent_hard,
+              "train", "data")), artifact, str(paths.eval), *parent_evals, *parent_hard,
               f"{recipe.data.corpus}/manifest.json"]
     if harvest:
         record += [f for f in tasks_deps(harvest.tasks) if not f.startswith("tasks/")]
     if recipe.compounding:
         reference = GenerationPaths(recipe.compounding.scratch)
-        record += [str(reference.artifact("model")), str(reference.live)]
+        record.append(str(reference.artifact("model")))
     record_outs = [str(paths.verdict)]
     if harvest:
         record_outs += [str(paths.hard_examples(contract)), str(paths.hard_examples_task(contract))]

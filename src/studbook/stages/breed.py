@@ -9,6 +9,7 @@ log (`generations/NAME/live`) are outputs.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def _load_trainable(gen: Generation, bred_dir: Path, bred: dict):
     return PeftModel.from_pretrained(load_model(base["path"]), str(bred_dir), is_trainable=True), base
 
 
+def _record_wall_time(file: Path, weights_sha256: str, figures: dict) -> str:
+    """Wall time and host, kept out of every DVC output (they differ run to run).
+
+    `generations/NAME/compute.json` describes the breeding that produced these weights: a
+    re-breed that gives the same weights bit for bit keeps it (so the card, and every
+    dvc.lock, stay byte-identical); other weights get their own figures.
+    """
+    from studbook.core.atomic import write_json_atomic
+
+    if file.is_file() and json.loads(file.read_text(encoding="utf-8")).get("weights_sha256") == weights_sha256:
+        return "kept (same weights as when first recorded)"
+    write_json_atomic(file, {"weights_sha256": weights_sha256, **figures})
+    return "recorded"
+
+
 def run(gen: Generation) -> dict:
     """Breed and train generations/NAME into its artifact; returns the stage summary."""
     from studbook.core.atomic import scratch_dir
@@ -140,12 +156,6 @@ def _train(gen: Generation, bred_dir: Path, bred: dict) -> dict:
                                       should_stop=probe)
             else:
                 result = TrainResult(steps=0, tokens=0, seconds=0.0, final_loss=float("nan"), capped=False)
-        # wall-clock figures and the host live beside the training log, not in the artifact:
-        # re-running the same recipe then gives a byte-identical artifact on any pinned host
-        (live_dir / "compute.json").write_text(canonical_json({
-            "seconds": round(result.seconds, 3), "tokens_per_second": round(result.tokens_per_second),
-            "target_check_seconds": round(probe.seconds, 1) if probe else 0.0,
-            "host": numerics.host()}))
     manifest = read_manifest(recipe.data.corpus)
     total = parameter_count(model)
     own = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) if base else total
@@ -184,13 +194,16 @@ def _train(gen: Generation, bred_dir: Path, bred: dict) -> dict:
         if probe is not None:
             meta["compute"]["target"] = probe.record()
         write_meta(tmp, meta)
+    wall_time = _record_wall_time(paths.compute, meta["weights_sha256"], {
+        "seconds": round(result.seconds, 3), "tokens_per_second": round(result.tokens_per_second),
+        "target_check_seconds": round(probe.seconds, 1) if probe else 0.0, "host": numerics.host()})
     final = result.final_loss
     scalar = {k: v for k, v in bred["facts"].items() if isinstance(v, (int, float, str, bool))}
     return {"generation": gen.name, "method": gen.method.name, "kind": gen.kind,
             "parents": len(gen.parents), **scalar, "steps": result.steps, "tokens": result.tokens,
             "seconds": round(result.seconds, 1), "tokens_per_second": round(result.tokens_per_second),
             "final_loss_nats": round(final, 4), "final_bits_per_byte": round(final / 0.6931471805599453, 4),
-            "parameters": own, "numerics": meta["numerics"]["mode"],
+            "parameters": own, "numerics": meta["numerics"]["mode"], "wall_time": wall_time,
             "weights_sha256": meta["weights_sha256"],
             **({"target_reached": probe.reached_at is not None,
                 "tokens_to_target": probe.reached_at["tokens"] if probe.reached_at else "not reached"}

@@ -39,9 +39,9 @@ def harvest(gen: Generation, evaluation: dict, child_sha: str) -> list[dict]:
                    parent_scores, evaluation["results"], spec.tasks, spec.per_task, parent_files)
 
 
-def _with_wall_time(meta: dict, live_dir: Path) -> dict:
-    """The artifact's metadata plus the training's wall time and host, kept beside the log."""
-    wall = live_dir / "compute.json"
+def _with_wall_time(meta: dict, wall: Path) -> dict:
+    """The artifact's metadata plus the breeding's wall time and host (not a DVC input: a
+    volatile figure must not make anything re-run)."""
     if wall.is_file():
         compute = json.loads(wall.read_text())
         meta = {**meta, "compute": {**meta["compute"], "seconds": compute["seconds"],
@@ -92,7 +92,7 @@ def run(gen: Generation) -> dict:
                             contract, gen.name)
         new = sum(1 for r in rows if r["provenance"]["generation"] == gen.name)
         summary.update({"hard_examples": len(rows), "hard_examples_new": new})
-    meta = _with_wall_time(meta, paths.live)
+    meta = _with_wall_time(meta, paths.compute)
     evidence = card_evidence(gen, evaluation)
     if gen.recipe.compounding is not None:
         reference = GenerationPaths(gen.recipe.compounding.scratch)
@@ -101,7 +101,7 @@ def run(gen: Generation) -> dict:
                                 file=gen.resolved.recipe_file, key="compounding.scratch")
         evidence["compounding"] = compounding(
             meta["compute"], gen.recipe.compounding.scratch,
-            _with_wall_time(read_meta(reference.artifact("model")), reference.live)["compute"])
+            _with_wall_time(read_meta(reference.artifact("model")), reference.compute)["compute"])
     context = card_context(meta=meta, results=evaluation["results"], verdict=verdict,
                            contract=gen.recipe.contract, manifest=read_manifest(gen.recipe.data.corpus),
                            relation=gen.method.base_model_relation, evidence=evidence)
