@@ -197,3 +197,16 @@ def test_pull_request_workflow_and_generated_files():
     assert "generations/*/dvc.lock linguist-generated=true" in attributes
     assert "cards/*.json linguist-generated=true" in attributes
     assert "cards/*.md" not in attributes.replace("(cards/*.md)", "")
+
+
+def test_a_stage_runs_the_repositorys_own_library_whatever_is_installed(skeleton):
+    """The installed studbook (this checkout, editable) is not what a stage of another
+    repository runs: its entry puts that repository's src/ first."""
+    import subprocess
+    import sys
+
+    body = skeleton / "src/studbook/stages/record.py"
+    body.write_text(body.read_text().replace('"""Stage record:', '"""Stage record (this copy):', 1))
+    shown = subprocess.run([sys.executable, "stages/record.py", "--help"], capture_output=True, text=True,
+                           cwd=skeleton)
+    assert shown.returncode == 0 and "Stage record (this copy):" in shown.stdout
