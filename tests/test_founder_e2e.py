@@ -94,7 +94,8 @@ def test_second_repro_is_a_noop_and_git_sees_only_the_generation(bred):
     assert "Running stage" not in again.stdout
     status = run(["git", "status", "--porcelain", "--untracked-files=all"], repo).stdout
     changed = sorted(line[3:] for line in status.splitlines())
-    assert changed == ["cards/pico.json", "cards/pico.md", "dvc.lock", "generations/pico/dvc.lock",
+    assert changed == ["cards/pico.json", "cards/pico.md", "dvc.lock", "generations/pico/compute.json",
+                       "generations/pico/dvc.lock",
                        "generations/pico/metrics.json", "generations/pico/verdict.json",
                        "hard_examples/stdlib_pico/pico.jsonl", "hard_examples/stdlib_pico/pico.yaml"]
 

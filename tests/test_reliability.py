@@ -79,6 +79,17 @@ def temporaries(repo: Path) -> list[str]:
     return found
 
 
+def gone(paths: list[str], timeout: float = 60.0) -> None:
+    """Wait until the killed writers named in temporaries (`.X.tmp-PID-…`) have been reaped:
+    a rerun started while one is still a zombie would take it for alive and keep its
+    temporary (swept by the next run instead)."""
+    pids = {int(part.split("-")[1]) for part in (Path(p).name.split(".tmp")[-1] for p in paths)
+            if part.count("-") >= 2 and part.split("-")[1].isdigit()}
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.2)
+
+
 def outcome(repo: Path, name: str, kind: str = "models") -> dict:
     """What a generation's breeding produced, minus wall-clock seconds."""
     meta = json.loads((repo / kind / name / "studbook.json").read_text())
@@ -211,6 +222,7 @@ def test_kill_9_loses_nothing_and_a_rerun_restores_the_result(population, moment
     for output in outputs:
         assert not (repo / output).exists(), f"{output} is in place after a kill during {stage}"
     assert temporaries(repo), "the kill should have caught a write in flight"
+    gone(temporaries(repo))
     status = run([PY, "-m", "dvc", "status", f"generations/{name}/dvc.yaml"], repo).stdout
     assert f"{stage}:" in status or f"dvc.yaml:{stage}" in status, status
 
