@@ -189,7 +189,7 @@ def main() -> None:
     lines += ["| area | measure | studbook | baseline / peer | ratio | target |",
               "|---|---|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in table(results)]
-    if "pipeline" in results:
+    if "pipeline" in results and "child_card_line" in results["pipeline"]:
         lines += ["", "On the child's card:", "", "> " + results["pipeline"]["child_card_line"]]
     lines += ["", f"Raw figures: `{raw.name}` beside this file.", ""]
     text = "\n".join(lines)
