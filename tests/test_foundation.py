@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,17 +68,16 @@ def marked(repo: Path) -> set[str]:
     return found
 
 
+@contextmanager
 def edited(repo: Path, path: str, text: str = "\n# touched by a test\n"):
-    """Context: append to a file, yield, restore it byte for byte."""
-    class Edit:
-        def __enter__(self):
-            self.file = repo / path
-            self.original = self.file.read_bytes()
-            self.file.write_bytes(self.original + text.encode())
-
-        def __exit__(self, *exc):
-            self.file.write_bytes(self.original)
-    return Edit()
+    """Append to a file for the duration of the block, then restore it byte for byte."""
+    file = repo / path
+    original = file.read_bytes()
+    file.write_bytes(original + text.encode())
+    try:
+        yield
+    finally:
+        file.write_bytes(original)
 
 
 GENERATIONS = ("pico", "pico-lora", "pico-ties", "pico-lin")

@@ -39,9 +39,8 @@ def _module_file(root: Path, module: str) -> Path | None:
 
 
 def _package_of(root: Path, file: Path) -> list[str]:
-    rel = file.relative_to(root / "src").with_suffix("")
-    parts = list(rel.parts)
-    return parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    """The package a file's relative imports start from: its folder (for `__init__.py` too)."""
+    return list(file.relative_to(root / "src").parent.parts)
 
 
 @lru_cache(maxsize=None)
