@@ -35,7 +35,8 @@ spec = ModelSpec(architecture="llama", context_length=64, config={
     "num_key_value_heads": 2})
 model = build_model(spec, seed=0)
 rng = np.random.default_rng(0)
-stream = rng.integers(3, 259, size=20000).astype(np.uint16)
+from studbook.operators.packing import Stream
+stream = Stream(ids=rng.integers(3, 259, size=20000).astype(np.int32), documents=1, text_bytes=20000)
 train(model, stream, TrainSpec(steps=6, batch_size=4, lr=3e-3, warmup_steps=1, log_every=3), 64, 0)
 digest = hashlib.sha256()
 for name, value in sorted(model.state_dict().items()):

@@ -148,7 +148,7 @@ def test_two_step_distillation_golden_loss(arch):
     from studbook.operators.artifacts import build_model
     from studbook.operators.methods.distill import DistillParameters
     from studbook.repository.recipes import ModelSpec, TrainSpec
-    from studbook.operators.tokenizer import encode_bytes
+    from test_training import byte_stream
     from studbook.operators.training import distillation_loss, train
 
     from conftest import ROOT
@@ -159,12 +159,12 @@ def test_two_step_distillation_golden_loss(arch):
         else {"n_layer": 1, "n_embd": 16})}})
     teacher, student = build_model(spec, seed=0), build_model(small, seed=1)
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in teacher.parameters())
-    stream = encode_bytes(TEXT).astype(np.uint16)
+    stream = byte_stream(TEXT)
     params = DistillParameters(temperature=2.0, kl_weight=0.5)
     teacher.train()  # training must switch the teacher to eval mode itself (no dropout in targets)
     result = train(student, stream, TrainSpec(steps=2, batch_size=2, lr=1e-2, log_every=1),
                    spec.context_length, seed=0, teacher=teacher, distill=params)
-    batch = torch.from_numpy(stream[:129].astype(np.int64)).unsqueeze(0)
+    batch = torch.from_numpy(stream.ids[:129].astype(np.int64)).unsqueeze(0)
     total, ce = distillation_loss(logits(student, batch[:, :-1]), logits(teacher, batch[:, :-1]),
                                   batch[:, 1:], 2.0, 0.5)
     golden_ce, golden_total = DISTILL_GOLDEN[arch]

@@ -1,6 +1,7 @@
 from transformers import AutoTokenizer
 
-from studbook.operators.tokenizer import EOS_ID, VOCAB_SIZE, build_tokenizer, encode_bytes, tokenizer_fingerprint
+from studbook.operators.packing import pack
+from studbook.operators.tokenizer import EOS_ID, VOCAB_SIZE, build_tokenizer, tokenizer_fingerprint
 
 SAMPLE = "def f(x):\n    return x + 1  # ünïcode, tabs\t and 🐍\n"
 
@@ -10,7 +11,8 @@ def test_roundtrip_through_autotokenizer(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     ids = tokenizer(SAMPLE).input_ids
     assert ids == [b + 3 for b in SAMPLE.encode()]  # byte b -> id b + 3, nothing appended
-    assert ids == encode_bytes(SAMPLE).tolist()  # training and evaluation agree
+    packed = pack([SAMPLE], tokenizer)  # training packs with the same tokenizer
+    assert packed.ids.tolist() == [EOS_ID] + ids and packed.text_bytes == len(SAMPLE.encode())
     assert tokenizer.decode(ids) == SAMPLE
     assert len(tokenizer) == VOCAB_SIZE == 259
     assert tokenizer.eos_token_id == tokenizer.bos_token_id == EOS_ID == 1

@@ -6,7 +6,8 @@ import yaml
 
 from studbook.operators.artifacts import build_model, load_model, parameter_count, save_model, weights_sha256
 from studbook.repository.recipes import ModelSpec, TrainSpec
-from studbook.operators.tokenizer import build_tokenizer, encode_bytes
+from studbook.operators.packing import Stream
+from studbook.operators.tokenizer import build_tokenizer
 from studbook.operators.training import train
 
 from conftest import ROOT
@@ -16,18 +17,24 @@ TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(
 GOLDEN = {"gpt2_pico": 5.0719, "llama_pico": 5.0928}
 
 
+def byte_stream(text: str) -> Stream:
+    """`text` through the byte tokenizer, as one document without a separator."""
+    ids = build_tokenizer(128)(text, add_special_tokens=False)["input_ids"]
+    return Stream(ids=np.asarray(ids, dtype=np.int32), documents=1, text_bytes=len(text.encode()))
+
+
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_two_step_golden_loss_and_roundtrip(name, tmp_path):
     spec = ModelSpec.model_validate(yaml.safe_load((ROOT / f"conf/model/{name}.yaml").read_text()))
     budget = TrainSpec(steps=2, batch_size=2, lr=1e-2, log_every=1)
     model = build_model(spec, seed=0)
     assert parameter_count(model) < 50_000  # pico: hidden 32, 2 layers
-    result = train(model, encode_bytes(TEXT).astype(np.uint16), budget, spec.context_length, seed=0)
+    result = train(model, byte_stream(TEXT), budget, spec.context_length, seed=0)
     assert result.steps == 2 and result.tokens == 2 * 2 * spec.context_length
     assert result.final_loss == pytest.approx(GOLDEN[name], abs=2e-3)
     save_model(model, build_tokenizer(spec.context_length), tmp_path / "m")
     again = build_model(spec, seed=0)
-    train(again, encode_bytes(TEXT).astype(np.uint16), budget, spec.context_length, seed=0)
+    train(again, byte_stream(TEXT), budget, spec.context_length, seed=0)
     save_model(again, build_tokenizer(spec.context_length), tmp_path / "m2")
     # same inputs and seed give the same weights, bit for bit
     assert weights_sha256(tmp_path / "m") == weights_sha256(tmp_path / "m2")
@@ -38,7 +45,7 @@ def test_two_step_golden_loss_and_roundtrip(name, tmp_path):
 def _learning_run(budget: TrainSpec, steps: int = 30) -> tuple[float, float, dict]:
     spec = ModelSpec.model_validate(yaml.safe_load((ROOT / "conf/model/llama_pico.yaml").read_text()))
     model = build_model(spec, seed=0)
-    stream = encode_bytes(TEXT).astype(np.uint16)
+    stream = byte_stream(TEXT)
     first = train(model, stream, TrainSpec.model_validate({**budget.model_dump(), "steps": 1}),
                   spec.context_length, seed=0).final_loss
     model = build_model(spec, seed=0)

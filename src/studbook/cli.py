@@ -40,7 +40,8 @@ def propose(
     parents: str = typer.Option("", help="comma-separated parent generations, or 'auto' "
                                 "(chosen from the population by the contract)"),
     contract: str = typer.Option("stdlib_code", help="conf/contract/NAME.yaml"),
-    model: str = typer.Option("llama_3m", help="conf/model/NAME.yaml"),
+    model: str = typer.Option("", help="conf/model/NAME.yaml (default: 'inherited' — the parent's "
+                              "model — for a child, llama_3m for a founder)"),
     train: str = typer.Option("founder", help="conf/train/NAME.yaml"),
     data: str = typer.Option("stdlib_all", help="conf/data/NAME.yaml"),
     seed: int = typer.Option(1234, help="seed for initialisation and data order"),
@@ -58,7 +59,8 @@ def propose(
     from studbook.core.runtime import offline
 
     offline()
-    choices = {"contract": contract, "model": model, "train": train, "data": data}
+    choices = {"contract": contract, "model": model or ("inherited" if parents else "llama_3m"),
+               "train": train, "data": data}
     try:
         if from_path:
             do_import = propose_import(name, from_path, choices, seed)
@@ -225,27 +227,27 @@ def show(name: str = typer.Argument(..., help="member name")) -> None:
 
 
 @app.command()
-def check(name: str = typer.Argument(..., help="generation name")) -> None:
-    """Validate a generation's recipe, contract and parents without computing anything."""
-    from studbook.core.errors import StudbookError
-    from studbook.operators.compat import check_compatibility
-    from studbook.repository.generation import resolve
-    from studbook.repository.refs import BreedContext
+def check(names: list[str] = typer.Argument(None, help="generations (default: all)")) -> None:
+    """Validate recipes, contracts, parents, device and data without computing anything:
+    every check the stages make before compute."""
+    from pathlib import Path
 
-    try:
-        gen = resolve(name)
-        bred = [p for p in gen.parents if p.exists()]
-        if len(bred) == len(gen.parents):  # the compatibility contract needs the parents' artifacts
-            ctx = BreedContext(gen.recipe, gen.resolved.parameters, gen.parents, gen.paths.folder,
-                               gen.contract_name, gen.resolved.recipe_file)
-            check_compatibility(ctx, gen.method, gen.resolved.recipe_file)
-    except StudbookError as exc:
-        _fail(exc)
-    waiting = [p.name for p in gen.parents if not p.exists()]
-    typer.echo(f"ok: {gen.resolved.recipe_file} "
-               f"({', '.join(f'{k}={v}' for k, v in gen.resolved.choices.items())})"
-               + (f"; compatibility checked when {', '.join(waiting)} are bred" if waiting else
-                  "; compatible with its parents" if gen.parents else ""))
+    from studbook.core.errors import StudbookError
+    from studbook.repository.generation import resolve
+    from studbook.stages.breed import check as breed_check
+
+    names = names or sorted(p.parent.name for p in Path("generations").glob("*/recipe.yaml"))
+    for name in names:
+        deferred: list[str] = []
+        try:
+            gen = resolve(name)
+            breed_check(gen, deferred)
+        except StudbookError as exc:
+            _fail(exc)
+        typer.echo(f"ok: {gen.resolved.recipe_file} "
+                   f"({', '.join(f'{k}={v}' for k, v in gen.resolved.choices.items())})"
+                   + (f"; checked later: {'; '.join(deferred)}" if deferred else
+                      "; compatible with its parents" if gen.parents else ""))
 
 
 @app.command()

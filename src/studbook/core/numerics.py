@@ -48,7 +48,10 @@ def mode() -> str:
 
 
 def threads() -> int:
-    return int(os.environ.get("STUDBOOK_THREADS", DEFAULT_THREADS))
+    """Intra-op threads: STUDBOOK_THREADS, else 2 shared by the processes of a launch."""
+    if "STUDBOOK_THREADS" in os.environ:
+        return int(os.environ["STUDBOOK_THREADS"])
+    return max(1, DEFAULT_THREADS // int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def pin_process() -> None:

@@ -1,8 +1,8 @@
 """Runtime knobs: how to run, never what to build.
 
-Device, threads and verbosity come from the environment (STUDBOOK_DEVICE,
-STUDBOOK_THREADS) so they never enter a recipe or dvc.lock: moving a generation to
-another machine does not re-breed it.
+Device, threads, launcher and verbosity come from the environment (STUDBOOK_DEVICE,
+STUDBOOK_THREADS, STUDBOOK_LAUNCHER; see `core.launch`) so they never enter a recipe or
+dvc.lock: moving a generation to another machine does not re-breed it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def device() -> str:
 
 def summary(values: Mapping[str, object], stream=None) -> None:
     """The greppable `key: value` block every stage ends with."""
+    if os.environ.get("RANK", "0") != "0":  # under a launcher only the main process reports
+        return
     stream = stream or sys.stdout
     for key, value in values.items():
         if isinstance(value, float):
@@ -44,6 +46,8 @@ def summary(values: Mapping[str, object], stream=None) -> None:
 def progress(message: str) -> None:
     from studbook.core.failpoints import reached
 
+    if os.environ.get("RANK", "0") != "0":
+        return
     print(message, file=sys.stderr, flush=True)
     reached("say", message)
 
@@ -67,13 +71,14 @@ def entry(module, argv: list[str] | None, takes_name: bool) -> list[str] | None:
     return args
 
 
-def run_shared_stage(module, argv: list[str] | None = None) -> None:
-    """Entry of a stage every generation shares: `python stages/<kind>.py`."""
+def run_shared_stage(module, argv: list[str] | None = None, takes_name: bool = False) -> None:
+    """Entry of a stage every generation shares: `python stages/<kind>.py [NAME]`."""
     from studbook.core.errors import StudbookError
 
-    if entry(module, argv, takes_name=False) is None:
+    args = entry(module, argv, takes_name=takes_name)
+    if args is None:
         return
     try:
-        summary(module.run())
+        summary(module.run(*args))
     except StudbookError as exc:
         sys.exit(f"error: {exc}")

@@ -21,33 +21,71 @@ WEIGHTS_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 
-def build_model(spec, seed: int):
-    """A freshly initialised HF causal LM from a ModelSpec (seeded, deterministic)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+def model_config(spec, tokenizer, family: dict | None = None):
+    """The HF config of a model built from a ModelSpec.
 
-    from studbook.operators.tokenizer import EOS_ID, OFFSET, VOCAB_SIZE
-
-    try:
-        config = AutoConfig.for_model(spec.architecture, **_config_kwargs(spec, VOCAB_SIZE, EOS_ID, OFFSET))
-    except ValueError as exc:
-        raise StudbookError(str(exc), key="model.architecture") from None
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
-
-
-def _config_kwargs(spec, vocab_size: int, eos_id: int, offset: int) -> dict[str, Any]:
-    kwargs = dict(spec.config)
-    kwargs.update(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
-                  pad_token_id=0)
-    # each architecture names its context length differently; set the spellings it has
+    Vocabulary size and special-token ids come from the tokenizer the model will carry. With
+    `family` (a teacher's config.json) the model is a smaller member of that family: its
+    vocabulary and special ids are the teacher's, and its sizes are the spec's `config`
+    (given) or, when the spec gives none, the teacher's with half the layers (derived).
+    """
     from transformers import AutoConfig
 
-    known = AutoConfig.for_model(spec.architecture).to_dict()
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
-        if key in known:
-            kwargs.setdefault(key, spec.context_length)
-    return kwargs
+    try:
+        if family is not None and not spec.config:
+            return _half_depth(AutoConfig.for_model(family["model_type"], **_own_keys(family)))
+        if family is not None:
+            ids = {k: family.get(k) for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")}
+        else:
+            eos = tokenizer.eos_token_id
+            ids = {"vocab_size": len(tokenizer), "eos_token_id": eos,
+                   "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos,
+                   "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos}
+        kwargs = {**spec.config, **ids}
+        # each architecture names its context length differently; set the spellings it has
+        known = AutoConfig.for_model(spec.architecture).to_dict()
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+            if key in known:
+                kwargs.setdefault(key, spec.context_length)
+        return AutoConfig.for_model(spec.architecture, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise StudbookError(str(exc).splitlines()[0][:300], key="model.architecture") from None
+
+
+def _own_keys(config: dict) -> dict:
+    """A config.json minus what transformers writes about the file rather than the model."""
+    return {k: v for k, v in config.items()
+            if k not in ("model_type", "architectures", "transformers_version", "_name_or_path",
+                         "dtype", "torch_dtype")}
+
+
+def _half_depth(config):
+    """The derived student: the teacher's config with half its layers (at least one);
+    per-layer lists (e.g. Qwen2's layer_types) are cut to match."""
+    layers = config.num_hidden_layers
+    keep = max(1, layers // 2)
+    for key, value in list(config.to_dict().items()):
+        if isinstance(value, list) and len(value) == layers and key != "architectures":
+            setattr(config, key, value[:keep])
+    config.num_hidden_layers = keep
+    return config
+
+
+def build_model(spec, seed: int, tokenizer=None, family: dict | None = None):
+    """A freshly initialised HF causal LM from a ModelSpec (seeded, deterministic).
+
+    Without `tokenizer`, the byte-level tokenizer's vocabulary (a scratch founder's).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if tokenizer is None and family is None:
+        from studbook.operators.tokenizer import build_tokenizer
+
+        tokenizer = build_tokenizer(spec.context_length)
+    config = model_config(spec, tokenizer, family)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def save_model(model, tokenizer, out_dir: str | Path) -> None:

@@ -11,14 +11,15 @@ from __future__ import annotations
 from studbook.core.errors import StudbookError
 
 
-def model_spec_parameters(spec) -> int:
-    """Parameters of a model built from a ModelSpec, counted without allocating weights."""
+def model_spec_parameters(spec, family: dict | None = None) -> int:
+    """Parameters of a model built from a ModelSpec (in `family`, a teacher's config, if
+    given), counted on the meta device: no weight is allocated."""
     import torch
 
     from studbook.operators.artifacts import build_model
 
     with torch.device("meta"):
-        model = build_model(spec, seed=0)
+        model = build_model(spec, seed=0, family=family)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -55,8 +56,8 @@ def check_compatibility(ctx, method, file: str) -> dict:
             raise StudbookError(f"parents '{first.name}' and '{other.name}' differ in tokenizer: "
                                 f"{tokenizer_of(first)[:12]}… vs {tokenizer_of(other)[:12]}…",
                                 file=file, key=f"parents[{index}]")
-    if method.uses_model_spec:
-        parameters = model_spec_parameters(recipe.model)
+    if method.uses_model_spec:  # a founder from scratch, or a student in its teacher's family
+        parameters = model_spec_parameters(recipe.model, first.config if first else None)
     elif first is not None:
         parameters = int(first.meta.get("total_parameters", first.meta["parameters"]))
     else:

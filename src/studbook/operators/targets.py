@@ -51,6 +51,7 @@ def bits_per_byte(model, tokenizer, texts: list[str], batch_size: int, max_lengt
                                     prefix, max_length))
     jobs.sort(key=lambda job: -len(job[0]))  # longest first, as lm-eval orders: little padding
     nats = 0.0
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for first in range(0, len(jobs), batch_size):
             chunk = jobs[first:first + batch_size]
@@ -58,7 +59,8 @@ def bits_per_byte(model, tokenizer, texts: list[str], batch_size: int, max_lengt
             inputs = torch.zeros(len(chunk), width, dtype=torch.long)
             for row, (window, _) in enumerate(chunk):
                 inputs[row, :len(window) - 1] = torch.tensor(window[:-1])
-            logprobs = torch.log_softmax(model(input_ids=inputs, use_cache=False).logits.float(), dim=-1)
+            logprobs = torch.log_softmax(model(input_ids=inputs.to(device), use_cache=False).logits.float(),
+                                         dim=-1).cpu()
             for row, (window, counted) in enumerate(chunk):
                 targets = torch.tensor(window[1:])
                 picked = logprobs[row, :len(targets)].gather(1, targets[:, None])[:, 0]

@@ -5,6 +5,8 @@ bits per byte is the natural metric. It is a `tokenizers` BPE with no merges ove
 256 byte symbols: `AutoTokenizer.from_pretrained(models/NAME)` loads it with no
 studbook import, and unlike ByT5Tokenizer it appends nothing to encoded text (lm-eval
 splits context from continuation by token count, so an appended EOS would skew it).
+Scratch founders carry it; imported models carry their own (BPE, Unigram, …), and every
+operator trains and evaluates with the generation's own tokenizer.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-
-import numpy as np
 
 PAD, EOS, UNK = "<|pad|>", "<|endoftext|>", "<|unk|>"
 SPECIALS = (PAD, EOS, UNK)
@@ -52,11 +52,6 @@ def build_tokenizer(model_max_length: int):
         tokenizer_object=core, pad_token=PAD, eos_token=EOS, bos_token=EOS, unk_token=UNK,
         model_max_length=model_max_length,
     )
-
-
-def encode_bytes(text: str) -> np.ndarray:
-    """The ids the tokenizer gives `text`, computed directly (training hot path)."""
-    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + OFFSET
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

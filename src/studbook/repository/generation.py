@@ -115,21 +115,19 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
                                 f"parents, but '{parent}' is an {kind}",
                                 file=resolved.recipe_file, key=f"parents[{index}]")
     resolved = resolved.model_copy(update={"parameters": params, "kind": method.kind(params)})
+    if recipe.parents:
+        _check_inherited_model(resolved, method, resolve_parent(recipe.parents[0], conf_dir))
     if hasattr(params, "check_against"):  # parameters that name parents (merges)
         params.check_against(recipe.parents, file=resolved.recipe_file)
-    from studbook.evidence.tasks import task_index
+    from studbook.evidence.tasks import check_contract, task_index
 
+    # tasks, metrics and directions against the contract's task folders and lm-eval
+    contract = check_contract(recipe.contract, resolved.group_files["contract"],
+                              founder=not recipe.parents)
+    recipe = recipe.model_copy(update={"contract": contract})
+    resolved = resolved.model_copy(update={"recipe": recipe})
     tasks = task_index("tasks")
-    contract_file = resolved.group_files["contract"]
-    for index, bench in enumerate(recipe.contract.benchmarks):
-        if bench.task not in tasks:
-            raise StudbookError(f"no lm-eval task '{bench.task}' under tasks/",
-                                file=contract_file, key=f"benchmarks[{index}].task")
     harvest = recipe.contract.harvest
-    for index, task in enumerate(harvest.tasks if harvest else []):
-        if task not in tasks:
-            raise StudbookError(f"no lm-eval task '{task}' under tasks/",
-                                file=contract_file, key=f"harvest.tasks[{index}]")
     target = recipe.train.target
     if target is not None:
         if target.task not in tasks:
@@ -151,6 +149,21 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
     if check_deps:
         check_declared_deps(resolved)
     return resolved
+
+
+def _check_inherited_model(resolved: ResolvedRecipe, method, parent) -> None:
+    """A child's model is its (first) parent's: same architecture and context length; a
+    distilled student is of its teacher's architecture, with no longer a context."""
+    mine, theirs = resolved.recipe.model, parent.model
+    hint = (f"parent '{parent.name}' is a {theirs.architecture} with context length "
+            f"{theirs.context_length}; `studbook propose` with `--model inherited` writes both")
+    if mine.architecture != theirs.architecture:
+        raise StudbookError(f"the child's model is a {mine.architecture}, but {hint}",
+                            file=resolved.recipe_file, key="model.architecture")
+    if mine.context_length != theirs.context_length and not (
+            method.uses_model_spec and mine.context_length < theirs.context_length):
+        raise StudbookError(f"the child's context length is {mine.context_length}, but {hint}",
+                            file=resolved.recipe_file, key="model.context_length")
 
 
 def _check_compounding(name: str, resolved: ResolvedRecipe, conf_dir: str | Path) -> None:

@@ -9,7 +9,7 @@ sha256 of its weights: children pin content, not names.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ def artifact_dir(name: str, kind: str) -> Path:
 class Parent:
     name: str
     kind: str  # "model" or "adapter"
+    model: Any = field(default=None, compare=False)  # its recipe's ModelSpec (known before breeding)
 
     @property
     def path(self) -> Path:
@@ -76,7 +77,7 @@ def resolve_parent(name: str, conf_dir: str | Path = "conf") -> Parent:
     method = methods.get(resolved.recipe.method, file=str(recipe_file))
     params = validate(method.parameters, resolved.recipe.parameters, file=str(recipe_file),
                       prefix="parameters")
-    return Parent(name, method.kind(params))
+    return Parent(name, method.kind(params), resolved.recipe.model)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from pathlib import Path
 from studbook.core.atomic import atomic_dir, canonical_json, sha256_bytes
 from studbook.repository.generation import Generation, GenerationPaths
 
+LAUNCHABLE = True  # runs under STUDBOOK_LAUNCHER (`accelerate launch …`) when one is set
+
 
 def _context(gen: Generation, out_dir: Path):
     from studbook.repository.refs import BreedContext
@@ -25,15 +27,59 @@ def _context(gen: Generation, out_dir: Path):
                         recipe_file=gen.resolved.recipe_file)
 
 
-def check(gen: Generation) -> dict:
-    """The compatibility contract, from the parents' headers: before anything is written."""
+def check(gen: Generation, deferred: list[str] | None = None) -> dict | None:
+    """Every check the breed stage makes before compute; `studbook check` runs the same.
+
+    The compatibility contract from the parents' headers, safe folders, the device, the
+    tokenizer's end-of-text token and the corpus's text for this split and these niches.
+    With `deferred` (a list), what cannot be checked yet — parents not bred, a corpus not
+    prepared — is noted there instead of raised; the stage itself passes None.
+    """
+    from studbook.core import launch
     from studbook.operators.artifacts import check_safe_folder
     from studbook.operators.compat import check_compatibility
 
+    launch.check_device()
+    waiting = [p.name for p in gen.parents if not p.exists()]
+    if waiting and deferred is not None:
+        deferred.append(f"compatibility, when {', '.join(waiting)} are bred")
+        return None
     checked = check_compatibility(_context(gen, gen.paths.folder), gen.method, gen.resolved.recipe_file)
     for parent in gen.parents:
         check_safe_folder(parent.path)
+    if gen.recipe.train.steps:
+        _check_training_data(gen, deferred)
     return checked
+
+
+def _check_training_data(gen: Generation, deferred: list[str] | None) -> None:
+    """The generation's tokenizer can pack documents, and the corpus has text to train on."""
+    from studbook.operators.packing import corpus_texts, end_of_text
+    from studbook.operators.tokenizer import build_tokenizer, load_tokenizer
+
+    recipe = gen.recipe
+    if gen.parents:
+        tokenizer = load_tokenizer(gen.parents[0].path)
+    elif gen.method.uses_model_spec:
+        tokenizer = build_tokenizer(recipe.model.context_length)
+    else:  # an import that trains: the source's own tokenizer
+        tokenizer = load_tokenizer(gen.resolved.parameters.source)
+    end_of_text(tokenizer, file=str(gen.parents[0].path / "tokenizer_config.json") if gen.parents else None,
+                key="eos_token")
+    data, where = recipe.data, gen.file("data")
+    if not (Path(data.corpus) / f"{data.split}.jsonl").is_file():
+        if deferred is not None:
+            deferred.append(f"training text, when {data.corpus} is prepared")
+            return
+        from studbook.core.errors import StudbookError
+
+        raise StudbookError(f"no corpus at {data.corpus} (its prepare stage has not run)",
+                            file=where, key="corpus")
+    if not corpus_texts(data.corpus, data.split, data.niches):
+        from studbook.core.errors import StudbookError
+
+        raise StudbookError(f"no training text in split '{data.split}' of {data.corpus} for niches "
+                            f"{data.niches}", file=where, key="niches")
 
 
 def make_initial(gen: Generation, out_dir: Path, checked: dict | None = None) -> dict:
@@ -47,22 +93,25 @@ def make_initial(gen: Generation, out_dir: Path, checked: dict | None = None) ->
             "parents": [{"name": p.name, "kind": p.kind, "sha256": p.sha256} for p in gen.parents]}
 
 
-def training_sources(gen: Generation) -> list:
-    """(token stream, fraction) sources: the corpus split, hard examples, replay."""
+def training_sources(gen: Generation, tokenizer) -> list:
+    """(packed stream, fraction) sources, tokenized with the generation's own tokenizer:
+    the corpus split, the lineage's hard examples, replayed items."""
     from studbook.core.errors import StudbookError
     from studbook.evidence.records import read_evaluation
     from studbook.evidence.harvest import best_items, inherited
-    from studbook.operators.training import texts_stream, token_stream
+    from studbook.operators.packing import corpus_stream, pack
 
     data, harvest = gen.recipe.data, gen.recipe.contract.harvest
-    sources = [(token_stream(data.corpus, data.split, data.niches), 1.0 - data.hard_examples - data.replay)]
+    where = gen.file("data")
+    sources = [(corpus_stream(data.corpus, data.split, data.niches, tokenizer, where),
+                1.0 - data.hard_examples - data.replay)]
     if data.hard_examples:
         rows = inherited([GenerationPaths(p.name).hard_examples(gen.contract_name) for p in gen.parents])
         if not rows:
             raise StudbookError("data.hard_examples > 0 but the parents left no hard examples for "
                                 f"contract '{gen.contract_name}'", file=gen.resolved.recipe_file,
                                 key="data.hard_examples")
-        sources.append((texts_stream([r["text"] for r in rows]), data.hard_examples))
+        sources.append((pack([r["text"] for r in rows], tokenizer, where), data.hard_examples))
     if data.replay:
         if not gen.parents or harvest is None:
             raise StudbookError("data.replay needs parents and a contract with a harvest section",
@@ -72,7 +121,7 @@ def training_sources(gen: Generation) -> list:
             evaluation = read_evaluation(parent.eval_dir)
             texts += best_items(evaluation["samples"], harvest.tasks, data.replay_items,
                                 evaluation["results"])
-        sources.append((texts_stream(texts), data.replay))
+        sources.append((pack(texts, tokenizer, where), data.replay))
     return sources
 
 
@@ -106,37 +155,50 @@ def _record_wall_time(file: Path, weights_sha256: str, figures: dict) -> str:
     return "recorded"
 
 
-def run(gen: Generation) -> dict:
-    """Breed and train generations/NAME into its artifact; returns the stage summary."""
+def run(gen: Generation) -> dict | None:
+    """Breed and train generations/NAME into its artifact; returns the stage summary.
+
+    Under `accelerate launch` every process runs this: the main process makes the initial
+    weights (and alone writes outputs), the others wait for them and train beside it.
+    """
+    from studbook.core import launch
     from studbook.core.atomic import scratch_dir
 
     checked = check(gen)  # nothing is written on a mismatch
-    with scratch_dir(gen.paths.folder / "bred") as bred_dir:  # initial weights: never an output
-        bred = make_initial(gen, bred_dir, checked)
-        return _train(gen, bred_dir, bred)
+    if launch.world_size() == 1:
+        with scratch_dir(gen.paths.folder / "bred") as bred_dir:  # initial weights: never an output
+            return _train(gen, bred_dir, make_initial(gen, bred_dir, checked))
+    if launch.is_main():
+        with scratch_dir(gen.paths.folder / "bred") as bred_dir:
+            bred = make_initial(gen, bred_dir, checked)
+            launch.broadcast((str(bred_dir), bred))
+            try:
+                return _train(gen, bred_dir, bred)
+            finally:
+                launch.wait()  # the others have loaded the initial weights before they go
+    bred_dir, bred = launch.broadcast(None)
+    try:
+        _train(gen, Path(bred_dir), bred)
+    finally:
+        launch.wait()
+    return None
 
 
-def _train(gen: Generation, bred_dir: Path, bred: dict) -> dict:
+def _train(gen: Generation, bred_dir: Path, bred: dict) -> dict | None:
+    from contextlib import nullcontext
+
     from dvclive import Live
 
-    from studbook.core import numerics
-    from studbook.core.errors import StudbookError
-    from studbook.evidence.data import read_manifest
-    from studbook.operators.artifacts import library_versions, load_artifact, parameter_count, \
-        save_adapter, save_model, weights_sha256, write_meta
-    from studbook.operators.tokenizer import build_tokenizer, load_tokenizer, tokenizer_fingerprint
-    from studbook.operators.training import TrainResult, flops_estimate
+    from studbook.core import launch, numerics
+    from studbook.operators.artifacts import load_artifact
+    from studbook.operators.tokenizer import load_tokenizer
+    from studbook.operators.training import TrainResult
     from studbook.operators.training import train as run_training
 
     recipe, paths = gen.recipe, gen.paths
     numerics.configure_torch(recipe.seed)
     tokenizer = load_tokenizer(bred_dir)
     model, base = _load_trainable(gen, bred_dir, bred)
-    if recipe.train.steps and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(
-            build_tokenizer(recipe.model.context_length)):
-        raise StudbookError("training reads the corpus as bytes, so it needs the byte tokenizer; "
-                            "this artifact has another (set train steps to 0 to import as-is)",
-                            file=gen.file("train"), key="steps")
     teacher = load_artifact(gen.parents[0].path) if gen.method.teaches else None
     probe = None
     if recipe.train.target is not None:
@@ -147,16 +209,51 @@ def _train(gen: Generation, bred_dir: Path, bred: dict) -> dict:
                             tokenizer, recipe.model.context_length,
                             batch_size=recipe.contract.evaluation.batch_size)
         probe.model = model
-    with atomic_dir(paths.live) as live_dir:
-        with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    main = launch.is_main()
+    with atomic_dir(paths.live) if main else nullcontext() as live_dir:
+        with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) if main \
+                else nullcontext() as live:
             if recipe.train.steps:
-                result = run_training(model, training_sources(gen), recipe.train, recipe.model.context_length,
-                                      recipe.seed, live=live, teacher=teacher,
+                result = run_training(model, training_sources(gen, tokenizer), recipe.train,
+                                      recipe.model.context_length, recipe.seed, live=live, teacher=teacher,
                                       distill=gen.resolved.parameters if teacher is not None else None,
                                       should_stop=probe)
             else:
                 result = TrainResult(steps=0, tokens=0, seconds=0.0, final_loss=float("nan"), capped=False)
-    manifest = read_manifest(recipe.data.corpus)
+    if not main:
+        return None
+    return _write_artifact(gen, bred_dir, bred, model, base, tokenizer, teacher, probe, result)
+
+
+def corpus_record(gen: Generation, trained: bool) -> dict | None:
+    """What the card names as the training data: the corpus as its manifest describes it
+    (none for an untrained import or merge)."""
+    from studbook.evidence.data import read_manifest
+
+    if not trained:
+        return None
+    manifest = read_manifest(gen.recipe.data.corpus)
+    record = {key: manifest[key] for key in ("name", "source", "location", "python_version")
+              if key in manifest}
+    data = gen.recipe.data
+    documents = sum(n.get("documents", n.get("files", 0)) for niche, n in
+                    manifest.get("splits", {}).get(data.split, {}).items()
+                    if data.niches is None or niche in data.niches)
+    return {**record, "folder": data.corpus, "split": data.split, "niches": data.niches,
+            "documents": documents, "content_sha256": manifest["content_sha256"]}
+
+
+def _write_artifact(gen: Generation, bred_dir: Path, bred: dict, model, base, tokenizer, teacher,
+                    probe, result) -> dict:
+    """The trained artifact and its studbook.json (main process only); returns the summary."""
+    from studbook.core import launch, numerics
+    from studbook.operators.artifacts import library_versions, parameter_count, save_adapter, \
+        save_model, weights_sha256, write_meta
+    from studbook.operators.tokenizer import tokenizer_fingerprint
+    from studbook.operators.training import flops_estimate
+
+    recipe, paths = gen.recipe, gen.paths
+    model = model.to("cpu")  # saved from host memory, whatever device trained it
     total = parameter_count(model)
     own = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) if base else total
     flops = flops_estimate(total, result.tokens)
@@ -179,10 +276,9 @@ def _train(gen: Generation, bred_dir: Path, bred: dict) -> dict:
             "architecture": (model.get_base_model() if base else model).config.model_type,
             "parameters": own, "total_parameters": total,
             "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
-            "data": {"source": manifest["source"], "python_version": manifest["python_version"],
-                     "content_sha256": manifest["content_sha256"]},
+            "data": corpus_record(gen, trained=result.steps > 0),
             "compute": {"steps": result.steps, "tokens": result.tokens, "flops": flops,
-                        "capped_by_seconds": result.capped},
+                        "capped_by_seconds": result.capped, "processes": launch.world_size()},
             "numerics": numerics.environment(),
             "weights_sha256": weights_sha256(tmp),
             "versions": library_versions(),
@@ -197,12 +293,15 @@ def _train(gen: Generation, bred_dir: Path, bred: dict) -> dict:
     wall_time = _record_wall_time(paths.compute, meta["weights_sha256"], {
         "seconds": round(result.seconds, 3), "tokens_per_second": round(result.tokens_per_second),
         "target_check_seconds": round(probe.seconds, 1) if probe else 0.0, "host": numerics.host()})
-    final = result.final_loss
     scalar = {k: v for k, v in bred["facts"].items() if isinstance(v, (int, float, str, bool))}
     return {"generation": gen.name, "method": gen.method.name, "kind": gen.kind,
             "parents": len(gen.parents), **scalar, "steps": result.steps, "tokens": result.tokens,
+            "processes": launch.world_size(),
+            **({"tokens_per_process": ",".join(map(str, result.tokens_per_process))}
+               if launch.world_size() > 1 else {}),
             "seconds": round(result.seconds, 1), "tokens_per_second": round(result.tokens_per_second),
-            "final_loss_nats": round(final, 4), "final_bits_per_byte": round(final / 0.6931471805599453, 4),
+            "final_loss_nats": round(result.final_loss, 4),
+            "final_bits_per_byte": round(result.final_bits_per_byte, 4),
             "parameters": own, "numerics": meta["numerics"]["mode"], "wall_time": wall_time,
             "weights_sha256": meta["weights_sha256"],
             **({"target_reached": probe.reached_at is not None,

@@ -19,9 +19,15 @@ def run_generation_stage(module, argv: list[str] | None = None) -> None:
     args = entry(module, argv, takes_name=True)
     if args is None:
         return
+    if getattr(module, "LAUNCHABLE", False) and argv is None:
+        from studbook.core.launch import relaunch
+
+        relaunch(sys.argv[0], args)  # under STUDBOOK_LAUNCHER, e.g. `accelerate launch …`
     try:
         from studbook.repository.generation import resolve
 
-        summary(module.run(resolve(args[0])))
+        result = module.run(resolve(args[0]))
+        if result is not None:  # None: a launched process other than the main one
+            summary(result)
     except StudbookError as exc:
         sys.exit(f"error: {exc}")

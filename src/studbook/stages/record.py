@@ -71,7 +71,6 @@ def card_evidence(gen: Generation, evaluation: dict) -> dict:
 def run(gen: Generation) -> dict:
     from studbook.core.errors import StudbookError
     from studbook.evidence.cards import card_context, compounding, render_card
-    from studbook.evidence.data import read_manifest
     from studbook.evidence.records import read_evaluation
     from studbook.evidence.harvest import write_hard_examples
     from studbook.operators.artifacts import read_meta
@@ -103,7 +102,7 @@ def run(gen: Generation) -> dict:
             meta["compute"], gen.recipe.compounding.scratch,
             _with_wall_time(read_meta(reference.artifact("model")), reference.compute)["compute"])
     context = card_context(meta=meta, results=evaluation["results"], verdict=verdict,
-                           contract=gen.recipe.contract, manifest=read_manifest(gen.recipe.data.corpus),
+                           contract=gen.recipe.contract,
                            relation=gen.method.base_model_relation, evidence=evidence)
     text = render_card(context)
     write_json_atomic(paths.card_json, context)
