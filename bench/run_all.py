@@ -72,6 +72,14 @@ def table(results: dict) -> list[tuple[str, str, str, str, str, str]]:
              f"{t['plain_tokens_per_second']:,.0f} (plain HF loop)",
              f"{t['fast_vs_plain']:.2f}× (bf16 matmul peak {t['bf16_matmul_peak_gflops']:.0f} GFLOP/s)", "—"),
         ]
+        if "subword_studbook_vs_plain" in t:
+            rows += [("training", f"tokens/s with a subword tokenizer (Qwen2, BPE vocabulary "
+                      f"{t['subword_vocabulary']:,}, {t['subword_bytes_per_token']:.2f} bytes/token, "
+                      f"{t['subword_parameters'] / 1e6:.1f} M params, batch 8 × 512)",
+                      f"{t['subword_studbook_tokens_per_second']:,.0f}",
+                      f"{t['subword_plain_tokens_per_second']:,.0f} (plain HF loop)",
+                      f"{t['subword_studbook_vs_plain']:.2f}× (packing {t['subword_packing_tokens_per_second']:,.0f} tok/s)",
+                      verdict(t["subword_studbook_vs_plain"] >= 0.95) + " (≥ 0.95×)")]
     if "numerics" in results:
         n = results["numerics"]
         rows += [("numerics", "pin's speed cost: studbook training at the founder size, tokens/s",

@@ -12,6 +12,12 @@ In one process (the machine is shared and noisy, so only same-run ratios mean mu
 
 Both train the founder's architecture (conf/model/llama_3m.yaml) on the same random byte
 stream, batch 8 x 512, alternating twice (A B A B) and keeping each one's best.
+
+Then the same comparison with a subword tokenizer, as a team's model has: a BPE
+tokenizer (vocabulary 3,000) trained here with `tokenizers` on standard-library source, a
+Qwen2 of the founder's size carrying it, and the documents packed by studbook's own
+packing (`operators.packing`, the breed stage's path; its tokens/s is reported too).
+studbook's `train()` (through Accelerate) against the plain loop on the same stream.
 Model FLOPs per token follow PaLM (Chowdhery et al. 2022, app. B): 6 N + 12 L d T
 (N parameters, L layers, d width, T context), so the share of peak is a model-FLOPs
 utilisation.
@@ -31,6 +37,7 @@ import yaml
 
 from studbook.operators.artifacts import build_model, parameter_count
 from studbook.repository.recipes import ModelSpec, TrainSpec
+from studbook.operators.packing import Stream, pack
 from studbook.operators.training import train
 
 from common import report  # the bench folder is on sys.path when run as a script
@@ -56,12 +63,12 @@ def flops_per_token(model, context: int) -> float:
     return 6 * parameter_count(model) + 12 * config.num_hidden_layers * config.hidden_size * context
 
 
-def plain_loop(spec: ModelSpec, stream: np.ndarray, steps: int, batch: int, lr: float) -> float:
+def plain_loop(spec: ModelSpec, stream: Stream, steps: int, batch: int, lr: float, make=None) -> float:
     """Tokens per second of the loop a user writes first (after 2 warm-up steps)."""
-    model = build_model(spec, seed=0)
+    model = make() if make else build_model(spec, seed=0)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    data = torch.from_numpy(stream.astype(np.int64))
+    data = torch.from_numpy(stream.ids.astype(np.int64))
     generator = torch.Generator().manual_seed(0)
     context = spec.context_length
     start = None
@@ -77,9 +84,9 @@ def plain_loop(spec: ModelSpec, stream: np.ndarray, steps: int, batch: int, lr: 
     return steps * batch * context / (time.perf_counter() - start)
 
 
-def studbook_loop(spec: ModelSpec, stream: np.ndarray, budget: TrainSpec) -> float:
+def studbook_loop(spec: ModelSpec, stream: Stream, budget: TrainSpec, make=None) -> float:
     """Tokens per second of `train()`, after a 2-step run on the same model (compiles, warms)."""
-    model = build_model(spec, seed=0)
+    model = make() if make else build_model(spec, seed=0)
     warm = TrainSpec.model_validate({**budget.model_dump(), "steps": 2, "log_every": 2})
     train(model, stream, warm, spec.context_length, seed=1)
     return train(model, stream, budget, spec.context_length, seed=0).tokens_per_second
@@ -94,7 +101,8 @@ def main() -> None:
     budgets = {name: TrainSpec.model_validate({**yaml.safe_load((ROOT / f"conf/train/{name}.yaml").read_text()),
                                                "steps": args.steps, "log_every": args.steps})
                for name in ("founder", "founder_fast")}
-    stream = np.random.default_rng(0).integers(3, 259, size=2_000_000).astype(np.uint16)
+    stream = Stream(ids=np.random.default_rng(0).integers(3, 259, size=2_000_000).astype(np.int32),
+                    documents=1, text_bytes=2_000_000)
     peak = matmul_peak()
     plain, ours, fast = 0.0, 0.0, 0.0
     for _ in range(2):
@@ -121,7 +129,42 @@ def main() -> None:
         "fast_share_of_peak": fast * per_token / 1e9 / peak,
         "fast_vs_plain": fast / plain,
     }
+    figures.update(subword(spec, budgets["founder"], args.steps))
     report(figures, args.json)
+
+
+def subword(spec: ModelSpec, budget: TrainSpec, steps: int) -> dict:
+    """A Qwen2 of the founder's size with a 3,000-entry BPE tokenizer: studbook vs plain."""
+    import sys
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pico import stdlib_sample, train_tokenizer  # the tests' tokenizer trainer
+
+    texts = stdlib_sample(400)
+    tokenizer = train_tokenizer("bpe", texts[:60], vocab_size=3000, max_length=spec.context_length)
+    start = time.perf_counter()
+    stream = pack(texts, tokenizer)
+    packing = len(stream) / (time.perf_counter() - start)
+    sizes = {k: spec.config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                         "num_attention_heads", "tie_word_embeddings")}
+    config = AutoConfig.for_model("qwen2", **sizes, num_key_value_heads=2, vocab_size=len(tokenizer),
+                                  max_position_embeddings=spec.context_length,
+                                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+
+    def make():
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(config)
+
+    plain = ours = 0.0
+    for _ in range(2):
+        plain = max(plain, plain_loop(spec, stream, steps, budget.batch_size, budget.lr, make))
+        ours = max(ours, studbook_loop(spec, stream, budget, make))
+    return {"subword_vocabulary": len(tokenizer), "subword_parameters": parameter_count(make()),
+            "subword_bytes_per_token": stream.bytes_per_token,
+            "subword_packing_tokens_per_second": packing,
+            "subword_plain_tokens_per_second": plain, "subword_studbook_tokens_per_second": ours,
+            "subword_studbook_vs_plain": ours / plain}
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""Stage prepare_data: `python stages/prepare_data.py` (body: `studbook.stages.prepare_data`)."""
+"""Stage prepare_data: `python stages/prepare_data.py NAME` (body: `studbook.stages.prepare_data`)."""
 
 import sys
 from pathlib import Path
@@ -11,4 +11,4 @@ from studbook.core.runtime import run_shared_stage  # noqa: E402
 from studbook.stages import prepare_data  # noqa: E402
 
 if __name__ == "__main__":
-    run_shared_stage(prepare_data)
+    run_shared_stage(prepare_data, takes_name=True)

@@ -14,8 +14,8 @@ CONTEXT = {
     "contract_description": "Python code", "architecture": "llama", "parameters": 3230720,
     "seed": 1234, "recipe_sha256": "ab" * 32, "weights_sha256": "cd" * 32,
     "tokenizer_sha256": "ef" * 32,
-    "data": {"source": "python-stdlib", "python_version": "3.11.7", "files": 1755,
-             "content_sha256": "12" * 32},
+    "data": {"folder": "data/corpus", "source": "python-stdlib", "python_version": "3.11.7",
+             "split": "train", "niches": None, "documents": 1406, "content_sha256": "12" * 32},
     "versions": {"torch": "2.13.0", "lm_eval": "0.4.13"},
     "compute": {"steps": 200, "tokens": 819200, "seconds": 201.3, "flops": 1.59e13,
                 "capped_by_seconds": False},
@@ -139,3 +139,14 @@ def test_compounding_section_states_the_ratio_and_its_bound():
     missed = compounding({**child, "target": {**target, "reached": False, "steps": None, "tokens": None}},
                          "tests-scratch", scratch)
     assert missed["token_ratio"] is None and missed["bound"] is None
+
+
+def test_the_card_names_the_corpus_trained_on_or_none():
+    trained = render_card(copy.deepcopy(CONTEXT))
+    assert ("- data: trained on `data/corpus` (python-stdlib, Python 3.11.7), split train, "
+            "1406 documents, content sha256 `" + "12" * 32 + "`") in trained
+    untrained = copy.deepcopy(CONTEXT)
+    untrained.update(data=None, method="import")
+    text = render_card(untrained)
+    assert "- data: none — this generation's weights were not trained here" in text
+    assert "trained on" not in text

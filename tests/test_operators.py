@@ -111,7 +111,7 @@ def test_adapter_merge_cat_is_the_weighted_sum_of_updates(studbook):
         expected = base_w[key] + 0.7 * deltas[0][key] + 0.3 * deltas[1][key]
         torch.testing.assert_close(mix_w[key], expected, rtol=1e-5, atol=1e-6)
         changed += int(not torch.equal(mix_w[key], base_w[key]))
-    assert changed >= 8  # every LoRA-targeted projection moved
+    assert changed == 4  # every LoRA-targeted projection moved: PEFT's Llama default, q and v, 2 layers
     # kept as an adapter instead: PEFT loads it on the same base
     adapter = plant("mix2", "adapter_merge", ["a1", "a2"], {"combination_type": "cat"}, train="none")
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8  # cat: 4 + 4
@@ -284,25 +284,21 @@ def case_lora_rank():
 
 def case_budget():
     plant("t1")
-    return "m", "distill", ["t1"], {}, {"model": "llama_3m"}, [
+    Path("conf/model/llama_3m_short.yaml").write_text(  # the founder's sizes, the teacher's context
+        Path("conf/model/llama_3m.yaml").read_text().replace("context_length: 512", "context_length: 128"))
+    return "m", "distill", ["t1"], {}, {"model": "llama_3m_short"}, [
         "the child would have 3,230,720 parameters; the contract allows 1,000,000"]
 
 
 def case_contract_architecture():
     plant("g1", model="gpt2_pico")
     _llama_only_contract()
-    return "m", "lora", ["g1"], {}, {"contract": "llama_only"}, [
+    return "m", "lora", ["g1"], {}, {"contract": "llama_only", "model": "gpt2_pico"}, [
         "parent 'g1' is a gpt2; the contract accepts llama"]
 
 
-def case_teacher_tokenizer():
-    plant("t1")
-    _corrupt_tokenizer("t1")
-    return "m", "distill", ["t1"], {}, {}, ["teacher 't1' has tokenizer ffffffffffff"]
-
-
 CASES = [case_architecture, case_shapes, case_tokenizer, case_adapter_base, case_lora_rank,
-         case_budget, case_contract_architecture, case_teacher_tokenizer]
+         case_budget, case_contract_architecture]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])

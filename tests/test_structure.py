@@ -45,8 +45,11 @@ def test_every_stage_script_exists_and_is_a_dep(pipeline):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for stage in stages.values():
         for key in stage.get("params", []):
-            if isinstance(key, str):
-                assert key in params
+            if isinstance(key, str):  # a section, or a dotted key path such as corpora.stdlib
+                section = params
+                for part in key.split("."):
+                    assert isinstance(section, dict) and part in section, key
+                    section = section[part]
             else:  # `- file:`: a whole params file
                 assert all((ROOT / file).is_file() for file in key)
 

@@ -43,8 +43,8 @@ def test_rolling_windows_score_every_token_once(length, max_length):
 def prepared(tmp_path_factory) -> Path:
     """The real corpus and benchmarks (the two shared stages, run once for the module)."""
     root = copy_skeleton(tmp_path_factory.mktemp("prepared"))
-    for stage in ("prepare_data", "build_benchmarks"):
-        run([sys.executable, f"stages/{stage}.py"], root)
+    for stage in ("prepare_data.py stdlib", "build_benchmarks.py"):
+        run([sys.executable, *f"stages/{stage}".split()], root)
     return root / "data"
 
 

@@ -24,6 +24,10 @@ CHILDREN = {  # name -> propose arguments (after the founder)
     "merged": ["--method", "linear", "--parents", "founder,tuned", "--train", "none",
                "--data", "stdlib_all"],
 }
+# Every case breeds five generations by `dvc repro` (~3 min each on 2 cores): slow. The
+# default run covers a subword import, LoRA and fine-tune through the README example and
+# tests/test_launch.py.
+pytestmark = pytest.mark.slow
 CASES = [
     pytest.param(("qwen2", "bpe"), id="qwen2-bpe"),
     pytest.param(("mistral", "unigram"), id="mistral-unigram", marks=pytest.mark.slow),

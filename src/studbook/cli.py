@@ -236,6 +236,12 @@ def check(names: list[str] = typer.Argument(None, help="generations (default: al
     from studbook.repository.generation import resolve
     from studbook.stages.breed import check as breed_check
 
+    from studbook.evidence.corpora import load_corpora
+
+    try:
+        load_corpora()  # every corpus's configuration, as its prepare stage validates it
+    except StudbookError as exc:
+        _fail(exc)
     names = names or sorted(p.parent.name for p in Path("generations").glob("*/recipe.yaml"))
     for name in names:
         deferred: list[str] = []

@@ -96,6 +96,7 @@ def broadcast(value):
         return value
     from accelerate.utils import broadcast_object_list
 
+    accelerator()  # the process group exists once this process's Accelerator does
     return broadcast_object_list([value if is_main() else None], from_process=0)[0]
 
 

@@ -21,8 +21,24 @@ from studbook.evidence import metrics
 def fmt(value: float | None, metric: str = "", signed: bool = False) -> str:
     if value is None:
         return "—"
-    digits = metrics.get(metric).precision if metric else 4
+    digits = metrics.precision(metric) if metric else 4
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def directions(benchmarks: list[dict]) -> str:
+    """`Lower bits per byte is better; higher accuracy is better`: each metric's direction,
+    in the order the benchmarks first name it."""
+    phrases: list[str] = []
+    for bench in benchmarks:
+        entry = metrics.lookup(bench["metric"], bench["direction"])
+        label = entry.label if metrics.registered(bench["metric"]) else f"{entry.label} ({entry.unit})"
+        if "," in bench["metric"] and metrics.registered(bench["metric"]):
+            label += f" (filter `{bench['metric'].split(',', 1)[1]}`)"
+        phrase = f"{bench['direction']} {label} is better"
+        if phrase not in phrases:
+            phrases.append(phrase)
+    text = "; ".join(phrases)
+    return text[:1].upper() + text[1:]
 
 
 def fmt_si(value: float) -> str:
@@ -33,7 +49,7 @@ def fmt_si(value: float) -> str:
     return f"{value:.3g} "
 
 
-def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: dict,
+def card_context(meta: dict, results: dict, verdict: dict, contract,
                  relation: str | None, evidence: dict | None = None) -> dict[str, Any]:
     """Every fact the card shows, as plain data (the JSON twin)."""
     benchmarks = []
@@ -46,7 +62,7 @@ def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: d
             against.append({"parent": parent, "value": parent_value, "delta": delta})
         benchmarks.append({
             "task": bench.task, "niche": bench.niche, "metric": bench.metric,
-            "direction": metrics.get(bench.metric).direction, "unit": metrics.get(bench.metric).unit,
+            "direction": bench.direction, "unit": metrics.lookup(bench.metric).unit,
             "value": round(value, 6), "n_items": results[bench.task]["items"],
             "task_version": results[bench.task]["version"],
             "task_sha256": results[bench.task]["task_sha256"], "parents": against,
@@ -56,7 +72,7 @@ def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: d
     model_index = [{"name": meta["name"], "results": [{
         "task": {"type": "text-generation", "name": "Text Generation"},
         "dataset": {"name": b["task"], "type": b["task"]},
-        "metrics": [{"type": b["metric"], "value": round(b["value"], metrics.get(b["metric"]).precision),
+        "metrics": [{"type": b["metric"], "value": round(b["value"], metrics.precision(b["metric"])),
                      "name": f"{b['metric']} ({b['niche']})"}],
     } for b in benchmarks]}]
     front: dict[str, Any] = {"library_name": "transformers", "tags": ["studbook", meta["contract"]]}
@@ -95,7 +111,7 @@ def card_context(meta: dict, results: dict, verdict: dict, contract, manifest: d
         "architecture": meta["architecture"], "parameters": meta["parameters"],
         "seed": meta["seed"], "recipe_sha256": meta["recipe_sha256"],
         "weights_sha256": meta["weights_sha256"], "tokenizer_sha256": meta["tokenizer_sha256"],
-        "data": {**meta["data"], "files": manifest["files"]},
+        "data": meta["data"],  # the corpus it trained on, as its artifact records it (None: untrained)
         "versions": meta["versions"], "compute": meta["compute"],
         "benchmarks": benchmarks, "primary": verdict["primary"], "guards": verdict["guards"],
         "studbook_relation": evidence.get("relation"),
@@ -148,7 +164,7 @@ def render_card(context: dict[str, Any], template: str | None = None) -> str:
 
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
                                         trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters.update(fmt=fmt, si=fmt_si, to_yaml=_to_yaml)
+    env.filters.update(fmt=fmt, si=fmt_si, to_yaml=_to_yaml, directions=directions)
     source = template if template is not None else TEMPLATE.read_text(encoding="utf-8")
     text = env.from_string(source).render(**context)
     return text.rstrip("\n") + "\n"

@@ -1,8 +1,11 @@
 """Evaluation through lm-eval: the frozen ground truth breeding code cannot touch.
 
-Benchmarks are lm-eval task YAMLs under `tasks/` over local JSONL. This module only
-runs `simple_evaluate` with an `HFLM` wrapped around the loaded model, then keeps the
-per-item scores (the gate's paired statistics need them) and the task versions.
+Benchmarks are lm-eval task YAMLs under a contract's task folders over local data. This
+module only runs `simple_evaluate` with an `HFLM` wrapped around the loaded model, then
+keeps the per-item scores (the gate's paired statistics need them) and the task versions.
+A per-item row holds every metric lm-eval scores per item as a number (a registered
+metric through its registry entry, e.g. bits per byte from (loglikelihood, bytes)), keyed
+as lm-eval keys its results: `name` for the unfiltered responses, `name,filter` otherwise.
 """
 
 from __future__ import annotations
@@ -10,72 +13,97 @@ from __future__ import annotations
 from pathlib import Path
 
 from studbook.core.atomic import sha256_file
-from studbook.evidence.tasks import check_task_hooks, task_index
+from studbook.evidence.tasks import as_folders, check_task_hooks, task_index
 from studbook.core.errors import StudbookError
 
-def item_score(metric: str, sample: dict) -> float:
-    from studbook.evidence.metrics import get
 
-    return get(metric).item_score(sample[metric])
+def _item_scores(sample: dict) -> dict[str, float]:
+    """One lm-eval sample's per-item scores; values that are not per-item numbers (the
+    perplexities' tuples, f1's (gold, prediction)) are aggregated by lm-eval only."""
+    from studbook.evidence import metrics
+
+    suffix = "" if sample.get("filter", "none") == "none" else f",{sample['filter']}"
+    scores = {}
+    for name in sample["metrics"]:
+        entry = metrics.registered(name)
+        try:
+            scores[name + suffix] = (entry.item_score if entry else metrics.scalar)(sample[name])
+        except (TypeError, ValueError):
+            if entry is not None:
+                raise
+    return scores
 
 
-def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir: str | Path,
-                   spec, context_length: int) -> dict:
-    """Run lm-eval on `tasks`; return results plus per-item scores, all plain data."""
+def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir, spec,
+                   context_length: int) -> dict:
+    """Run lm-eval on `tasks` (found under the folder or folders `task_dir`); return results
+    plus per-item scores, all plain data."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from studbook.core import launch
     from studbook.operators.artifacts import load_artifact
-    from studbook.core.runtime import device
     from studbook.operators.tokenizer import load_tokenizer
 
     known = task_index(task_dir)
     for task in tasks:
         if task not in known:
-            raise StudbookError(f"no lm-eval task '{task}' under {task_dir}")
+            raise StudbookError(f"no lm-eval task '{task}' under {', '.join(map(str, as_folders(task_dir)))}")
     check_task_hooks(task_dir)
-    model = load_artifact(model_dir)  # an adapter is merged into its (sha256-checked) base
+    # an adapter is merged into its (sha256-checked) base; float32 on every device, so a
+    # parent scored on a CPU and a child scored on a GPU differ by kernels, not by dtype
+    model = load_artifact(model_dir).to(launch.device())
     tokenizer = load_tokenizer(model_dir)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size,
-              device=device(), max_length=context_length)
-    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+              max_length=context_length)
+    if launch.world_size() > 1:
+        # Data-parallel, as lm-eval runs a model it loads itself under `accelerate launch`:
+        # requests are sharded by rank and gathered on rank 0. lm-eval sets that up only for
+        # a model name on GPUs; studbook loads the model itself (safetensors checks, adapters
+        # merged), so it hands HFLM the process group — lm-eval's "custom distributed
+        # integration" — which works over gloo on CPU processes too.
+        accelerator = launch.accelerator()
+        lm._rank, lm._world_size, lm.accelerator = (accelerator.process_index,
+                                                     accelerator.num_processes, accelerator)
+    manager = TaskManager(include_path=[str(d) for d in as_folders(task_dir)], include_defaults=False)
     raw = simple_evaluate(
         model=lm, tasks=list(tasks), task_manager=manager, limit=spec.limit,
         log_samples=True, bootstrap_iters=0, cache_requests=False,
         random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
         fewshot_random_seed=spec.seed,
     )
-    from studbook.evidence import metrics
-
-    registered = set(metrics.known())
+    if raw is None:  # a launched process other than the main one: rank 0 holds the results
+        return None
     results: dict[str, dict] = {}
     samples: dict[str, list[dict]] = {}
     for task in tasks:
-        metrics = {key.split(",")[0]: value for key, value in raw["results"][task].items()
-                   if key.endswith(",none") and "_stderr" not in key}
+        figures = {}
+        for key, value in raw["results"][task].items():
+            name, _, filter_name = key.partition(",")
+            if filter_name and "_stderr" not in name:
+                figures[name if filter_name == "none" else key] = value
         config = raw["configs"][task]
         results[task] = {
-            "metrics": metrics,
+            "metrics": figures,
             "version": raw["versions"][task],
             "items": raw["n-samples"][task]["effective"],
             "data_files": config.get("dataset_kwargs", {}).get("data_files", {}),
             "task_file": str(known[task]),
             "task_sha256": sha256_file(known[task]),
         }
-        rows = []
+        multiple_choice = config.get("output_type") == "multiple_choice"
+        rows: dict[int, dict] = {}  # one row per document, whatever the filters
         for sample in sorted(raw["samples"][task], key=lambda s: s["doc_id"]):
             doc = sample["doc"]
-            row = {"id": doc.get("id", str(sample["doc_id"])), "niche": doc.get("niche"),
-                   "doc_hash": sample["doc_hash"]}
-            for metric in sample["metrics"]:
-                if metric in registered:
-                    row[metric] = item_score(metric, sample)
+            row = rows.setdefault(sample["doc_id"], {
+                "id": doc.get("id", str(sample["doc_id"])), "niche": doc.get("niche"),
+                "doc_hash": sample["doc_hash"]})
+            row.update(_item_scores(sample))
             if "bits_per_byte" in sample:
                 row["bytes"] = sample["bits_per_byte"][1]
-            else:
+            elif multiple_choice:
                 row["choices"] = len(sample["filtered_resps"])
-            rows.append(row)
-        samples[task] = rows
+        samples[task] = list(rows.values())
     return {"results": results, "samples": samples,
             "lm_eval_version": raw.get("lm_eval_version"), "max_length": context_length}

@@ -4,7 +4,10 @@ Net gain is measured on the contract's primary metric, item by item on the same 
 (a paired bootstrap over per-item differences), against the parent that scores best.
 Guarded benchmarks may not regress beyond their tolerance (paired bootstrap too: the
 regression must be shown, not a noisy dip). A founder's reference parent
-is the uniform byte model: 8 bits per byte on every item, 1/k on a k-way choice.
+is the uniform byte model: 8 bits per byte on every item, 1/k on a k-way choice, the
+chance score of each registered metric (`evidence.metrics`); a founder's contract gates
+only such metrics (checked before compute). Any metric lm-eval averages over items is
+gated the same way, under the direction the contract resolved from its task.
 """
 
 from __future__ import annotations
@@ -27,7 +30,16 @@ class Scores:
     items: dict[str, dict[str, dict[str, float]]]
 
     def vector(self, task: str, metric: str, ids: list[str]) -> np.ndarray:
-        return np.array([self.items[task][i][metric] for i in ids], dtype=np.float64)
+        rows = self.items[task]
+        missing = [i for i in ids if metric not in rows[i]]
+        if missing:
+            raise ValueError(f"{self.name} has no per-item '{metric}' on {len(missing)} item(s) of "
+                             f"{task}; evaluate it with the contract's metrics")
+        return np.array([rows[i][metric] for i in ids], dtype=np.float64)
+
+    def has(self, task: str, metric: str, ids: list[str]) -> bool:
+        rows = self.items.get(task, {})
+        return all(i in rows and metric in rows[i] for i in ids)
 
 
 def scores_from_samples(name: str, sha256: str | None, samples: dict[str, list[dict]]) -> Scores:
@@ -39,19 +51,25 @@ def uniform_scores(child: Scores) -> Scores:
     """The uniform byte model scored on exactly the child's items."""
     items: dict[str, dict[str, dict[str, float]]] = {}
     for task, rows in child.items.items():
-        items[task] = {item_id: {name: metrics.get(name).chance(row) for name in metrics.known()
-                                 if name in row and metrics.get(name).chance is not None}
-                       for item_id, row in rows.items()}
+        items[task] = {}
+        for item_id, row in rows.items():
+            entries = {key: metrics.registered(key) for key in row}  # None for id, bytes, …
+            items[task][item_id] = {key: entry.chance(row) for key, entry in entries.items()
+                                    if entry is not None and entry.chance is not None}
     return Scores(UNIFORM, None, items)
 
 
-def aggregate(scores: Scores, child: Scores, task: str, metric: str) -> float:
+def aggregate(scores: Scores, child: Scores, task: str, metric: str) -> float | None:
     """A task-level figure as lm-eval computes it: bits per byte weighted by the bytes of
-    each item (corpus-level, from the child's byte counts: same items, same bytes);
-    accuracies as a plain mean."""
+    each item (corpus-level, from the child's byte counts: same items, same bytes); any
+    other metric as a plain mean. None when `scores` has no such figure (a metric without
+    a chance score, for the know-nothing reference)."""
     ids = sorted(child.items[task])
+    if not scores.has(task, metric, ids):
+        return None
     values = scores.vector(task, metric, ids)
-    if metrics.get(metric).weighted_by_bytes:
+    entry = metrics.registered(metric)
+    if entry is not None and entry.weighted_by_bytes:
         weights = np.array([child.items[task][i]["bytes"] for i in ids], dtype=np.float64)
         return float((values * weights).sum() / weights.sum())
     return float(values.mean())
@@ -85,6 +103,10 @@ def decide(child: Scores, parents: list[Scores], contract) -> dict:
     if not parents:
         parents = [uniform_scores(child)]
     primary = contract.primary
+    for spec in (primary, *contract.guarded):
+        if spec.direction is None:  # set by evidence.tasks.check_contract from the task
+            raise ValueError(f"no direction for '{spec.metric}': the contract was not checked "
+                             "against its tasks (evidence.tasks.check_contract)")
     ids = {t: sorted(child.items[t]) for t in primary.tasks}
     for parent in parents:
         for task in primary.tasks:

@@ -68,7 +68,7 @@ def bits_per_byte(model, tokenizer, texts: list[str], batch_size: int, max_lengt
     return nats / math.log(2) / sum(len(text.encode("utf-8")) for text in texts)
 
 
-def task_texts(task: str, task_dir: str | Path, items: int | None = None,
+def task_texts(task: str, task_dir, items: int | None = None,
                where: str | None = None) -> list[str]:
     """The documents of a local lm-eval rolling task (its `test` JSONL, field `doc_to_target`)."""
     from studbook.evidence.tasks import task_index

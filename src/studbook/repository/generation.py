@@ -126,12 +126,12 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
                               founder=not recipe.parents)
     recipe = recipe.model_copy(update={"contract": contract})
     resolved = resolved.model_copy(update={"recipe": recipe})
-    tasks = task_index("tasks")
     harvest = recipe.contract.harvest
     target = recipe.train.target
     if target is not None:
-        if target.task not in tasks:
-            raise StudbookError(f"no lm-eval task '{target.task}' under tasks/",
+        if target.task not in task_index(recipe.contract.task_folders):
+            raise StudbookError(f"no lm-eval task '{target.task}' under "
+                                f"{', '.join(recipe.contract.task_folders)}",
                                 file=resolved.group_files["train"], key="target.task")
         if any(b.task == target.task for b in recipe.contract.benchmarks):
             raise StudbookError(f"'{target.task}' is one of the contract's benchmarks: a stopping "

@@ -58,6 +58,9 @@ def select_parents(method_name: str, contract_name: str, cards_dir: str | Path =
     method = methods.get(method_name, key="method")
     contract_file = Path(conf_dir) / "contract" / f"{contract_name}.yaml"
     contract = validate(Contract, load_yaml(contract_file), file=str(contract_file))
+    from studbook.evidence.tasks import check_contract
+
+    contract = check_contract(contract, str(contract_file))  # the primary metric's direction
     wanted = max(1, method.min_parents)
     candidates = []
     for m in members(cards_dir):

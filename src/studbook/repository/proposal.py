@@ -46,7 +46,7 @@ def render_recipe(name: str, method: str, parents: list[str], seed: int,
 def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
     """Each stage of the generation: its params files, dependencies and outputs."""
     from studbook.core.codedeps import stage_code
-    from studbook.evidence.tasks import task_files
+    from studbook.evidence.tasks import task_files, task_sources
     from studbook.operators import methods
 
     recipe = resolved.recipe
@@ -57,10 +57,12 @@ def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
     artifact = str(paths.artifact(resolved.kind))
     harvest = recipe.contract.harvest
 
-    def tasks_deps(tasks: list[str]) -> list[str]:
+    folders = recipe.contract.task_folders
+
+    def tasks_deps(tasks: list[str], task_dirs=folders) -> list[str]:
         out: list[str] = []
         for task in tasks:
-            out += [f for f in task_files("tasks", task) if f not in out]
+            out += [f for f in task_files(task_dirs, task) if f not in out]
         return out
 
     parent_artifacts = [str(p.path) for p in parents]
@@ -79,16 +81,16 @@ def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
         if recipe.data.hard_examples:
             breed += parent_hard
     if recipe.train.target is not None:
-        breed += tasks_deps([recipe.train.target.task])
+        breed += tasks_deps([recipe.train.target.task], recipe.contract.task_folders)  # the stopping rule's task
     benchmark_tasks = [b.task for b in recipe.contract.benchmarks] + (harvest.tasks if harvest else [])
     evaluate = [*stage_code(root, "evaluate", operator), str(paths.recipe), groups["contract"], groups["model"],
                 artifact, *(parent_artifacts if resolved.kind == "adapter" else []),
                 *tasks_deps(benchmark_tasks)]
     record = [*stage_code(root, "record", operator), str(paths.recipe), *(groups[g] for g in ("contract", "model",
-              "train", "data")), artifact, str(paths.eval), *parent_evals, *parent_hard,
-              f"{recipe.data.corpus}/manifest.json"]
+              "train", "data")), artifact, str(paths.eval), *parent_evals, *parent_hard]
     if harvest:
-        record += [f for f in tasks_deps(harvest.tasks) if not f.startswith("tasks/")]
+        for task in harvest.tasks:  # harvest reads the mining items themselves
+            record += [f for f in task_sources(folders, task)[1] if f not in record]
     if recipe.compounding:
         reference = GenerationPaths(recipe.compounding.scratch)
         record.append(str(reference.artifact("model")))
@@ -128,6 +130,9 @@ def propose(name: str, method: str, parents: list[str], seed: int, choices: dict
         raise StudbookError(f"'{name}' is not a valid generation name "
                             "(lower-case letters, digits, '-' or '_')", key="name")
     paths = GenerationPaths(name)
+    if choices.get("model") == "inherited" and parents and not refresh:
+        overrides = {**(overrides or {}), "model": {**inherited_model(parents[0], conf_dir),
+                                                    **(overrides or {}).get("model", {})}}
     if refresh:
         if not paths.recipe.is_file():
             raise StudbookError("nothing to refresh", file=str(paths.recipe))
@@ -156,6 +161,14 @@ def propose(name: str, method: str, parents: list[str], seed: int, choices: dict
         raise
     write_text_atomic(paths.dvc_yaml, render_dvc_yaml(resolved))
     return resolved
+
+
+def inherited_model(parent: str, conf_dir: str | Path = "conf") -> dict:
+    """The parent's architecture and context length, for a child's recipe."""
+    from studbook.repository.refs import resolve_parent
+
+    spec = resolve_parent(parent, conf_dir).model
+    return {"architecture": spec.architecture, "context_length": spec.context_length}
 
 
 def _fetch_hub(repo_id: str, name: str) -> Path:
@@ -199,19 +212,26 @@ def propose_import(name: str, source: str, choices: dict[str, str], seed: int,
 
 
 def render_root_dvc_yaml(root: str | Path = ".") -> str:
-    """The shared stages (data preparation, benchmark building) with their derived code deps."""
+    """The shared stages with their derived deps: one `prepare_data_NAME` per corpus in
+    params.yaml (its code, its params key `corpora.NAME`, the folder or file it reads),
+    then benchmark building from the embedded corpus."""
     from studbook.core.codedeps import stage_code
+    from studbook.evidence.corpora import load_corpora
 
     root = Path(root)
-    spec = {
-        "prepare_data": {"params": ["data"], "deps": [], "outs": ["data/corpus"]},
-        "build_benchmarks": {"params": ["benchmarks"], "deps": ["data/corpus"], "outs": ["data/benchmarks"]},
-    }
+    spec = {}
+    for name, corpus in load_corpora(root / "params.yaml").items():
+        spec[f"prepare_data_{name}"] = {"kind": "prepare_data", "args": [name], "params": [f"corpora.{name}"],
+                                        "deps": [corpus.location()] if corpus.location() else [],
+                                        "outs": [corpus.out]}
+    spec["build_benchmarks"] = {"kind": "build_benchmarks", "args": [], "params": ["benchmarks"],
+                                "deps": ["data/corpus"], "outs": ["data/benchmarks"]}
     lines = ["# Stages every generation shares; each generation has its own generations/NAME/dvc.yaml.",
              "# Written by `studbook refresh`: code deps are each stage's import closure.", "stages:"]
-    for kind, stage in spec.items():
-        lines += [f"  {kind}:", f"    cmd: python stages/{kind}.py", "    deps:"]
-        lines += [f"      - {d}" for d in stage_code(root, kind) + stage["deps"]]
+    for name, stage in spec.items():
+        cmd = " ".join(["python", f"stages/{stage['kind']}.py", *stage["args"]])
+        lines += [f"  {name}:", f"    cmd: {cmd}", "    deps:"]
+        lines += [f"      - {d}" for d in stage_code(root, stage["kind"]) + stage["deps"]]
         lines += ["    params:"] + [f"      - {p}" for p in stage["params"]]
         lines += ["    outs:"] + [f"      - {o}" for o in stage["outs"]]
     return "\n".join(lines) + "\n"

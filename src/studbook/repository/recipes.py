@@ -9,11 +9,12 @@ Recipes hold *what* is built; device, threads and launcher never appear here.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from studbook.core.config import load_yaml, validate
 from studbook.core.errors import StudbookError
@@ -92,48 +93,57 @@ class DataSpec(Strict):
         return self
 
 
-def _registered(name: str) -> str:
-    from studbook.evidence import metrics
-
-    if name not in metrics.known():
-        raise ValueError(f"unknown metric '{name}' (known: {', '.join(metrics.known())})")
-    return name
+_METRIC_KEY = re.compile(r"^[^\s,]+(,[^\s,]+)?$")
 
 
-Metric = Annotated[str, AfterValidator(_registered)]
+def _metric_key(key: str) -> str:
+    if not _METRIC_KEY.match(key):
+        raise ValueError(f"'{key}' is not a metric: lm-eval's result key, `name` or `name,filter`")
+    return key
+
+
+Metric = Annotated[str, AfterValidator(_metric_key)]
+Direction = Literal["lower", "higher"] | None
 
 
 class _Directed(Strict):
-    """A metric with its direction; the direction defaults to the registry's and must agree."""
+    """A metric with its direction. A registered metric's direction is the registry's; any
+    other's comes from its task (`evidence.tasks.check_contract`, which also checks that a
+    given direction agrees with the task's `higher_is_better`)."""
 
     @model_validator(mode="after")
     def _direction_agrees(self):
         from studbook.evidence import metrics
 
-        expected = metrics.get(self.metric).direction
+        entry = metrics.registered(self.metric)
+        if entry is None:
+            return self
         if self.direction is None:
-            object.__setattr__(self, "direction", expected)
-        elif self.direction != expected:
-            raise ValueError(f"{self.metric}: {expected} is better, not {self.direction}")
+            object.__setattr__(self, "direction", entry.direction)
+        elif self.direction != entry.direction:
+            raise ValueError(f"{self.metric}: {entry.direction} is better, not {self.direction}")
         return self
 
 
-class Benchmark(Strict):
-    task: str = Field(description="lm-eval task name, defined under tasks/")
-    metric: Metric = Field(description="a registered metric (studbook.evidence.metrics)")
+class Benchmark(_Directed):
+    task: str = Field(description="lm-eval task name, defined under the contract's task_folders")
+    metric: Metric = Field(description=(
+        "any metric the task reports (lm-eval's result key: `name`, or `name,filter` on a task "
+        "with a filter_list); aggregated by a mean, or registered in studbook.evidence.metrics"))
     niche: str
+    direction: Direction = Field(default=None, description="from the task; if given, must agree")
 
 
 class Primary(_Directed):
     metric: Metric
-    direction: Literal["lower", "higher"] | None = None
+    direction: Direction = None
     tasks: list[str] = Field(min_length=1, description="items of these tasks are pooled")
 
 
 class Guard(_Directed):
     task: str
     metric: Metric
-    direction: Literal["lower", "higher"] | None = None
+    direction: Direction = None
     tolerance: float = Field(ge=0, description="allowed regression, in the metric's unit")
 
 
@@ -166,6 +176,9 @@ class Contract(Strict):
     """conf/contract/*.yaml: what a member must satisfy to be useful."""
 
     description: str
+    task_folders: list[str] = Field(default_factory=lambda: ["tasks"], min_length=1, description=(
+        "folders of lm-eval task YAMLs (relative to the repository) whose tasks this contract "
+        "may name; a team keeps its own benchmarks in its own folder"))
     benchmarks: list[Benchmark] = Field(min_length=1)
     primary: Primary
     guarded: list[Guard] = Field(default_factory=list)
@@ -174,9 +187,23 @@ class Contract(Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     harvest: HarvestSpec | None = None
 
+    @field_validator("task_folders")
+    @classmethod
+    def _inside(cls, folders: list[str]) -> list[str]:
+        for folder in folders:  # DVC dependencies are repository paths, written one way
+            norm = os.path.normpath(folder)
+            if Path(folder).is_absolute() or norm.split(os.sep)[0] == "..":
+                raise ValueError(f"task folder '{folder}' is outside the repository")
+            if norm != folder:
+                raise ValueError(f"write task folder '{folder}' as '{norm}'")
+        return folders
+
     @model_validator(mode="after")
     def _known_tasks(self) -> "Contract":
         names = {b.task for b in self.benchmarks}
+        if len(names) != len(self.benchmarks):
+            raise ValueError("a task is listed twice among benchmarks: a benchmark is one task "
+                             "scored by one metric")
         if self.harvest:
             for task in self.harvest.tasks:
                 if task in names:

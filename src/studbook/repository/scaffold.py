@@ -19,7 +19,7 @@ from pathlib import Path
 from studbook.core.errors import StudbookError
 
 COPIED = ("pyproject.toml", "src/studbook", "params.yaml", "dvc.yaml", ".gitignore", ".dvcignore",
-          ".gitattributes", "conf", "tasks", "stages", "scripts/setup.sh", "scripts/env.sh",
+          ".gitattributes", "conf", "tasks", "stages", "launch", "scripts/setup.sh", "scripts/env.sh",
           "scripts/breed.sh", ".github/workflows/studbook-pr.yml")
 
 

@@ -40,41 +40,54 @@ def check(gen: Generation, deferred: list[str] | None = None) -> dict | None:
     from studbook.operators.compat import check_compatibility
 
     launch.check_device()
+    if gen.recipe.train.steps:
+        _check_corpus(gen, deferred)
     waiting = [p.name for p in gen.parents if not p.exists()]
     if waiting and deferred is not None:
-        deferred.append(f"compatibility, when {', '.join(waiting)} are bred")
+        deferred.append(f"compatibility and tokenizer, when {', '.join(waiting)} are bred")
         return None
     checked = check_compatibility(_context(gen, gen.paths.folder), gen.method, gen.resolved.recipe_file)
     for parent in gen.parents:
         check_safe_folder(parent.path)
     if gen.recipe.train.steps:
-        _check_training_data(gen, deferred)
+        _check_tokenizer(gen)
     return checked
 
 
-def _check_training_data(gen: Generation, deferred: list[str] | None) -> None:
-    """The generation's tokenizer can pack documents, and the corpus has text to train on."""
-    from studbook.operators.packing import corpus_texts, end_of_text
+def _check_tokenizer(gen: Generation) -> None:
+    """The generation's tokenizer can pack documents (it has an end-of-text token)."""
+    from studbook.operators.packing import end_of_text
     from studbook.operators.tokenizer import build_tokenizer, load_tokenizer
 
-    recipe = gen.recipe
     if gen.parents:
-        tokenizer = load_tokenizer(gen.parents[0].path)
+        folder = gen.parents[0].path
+        tokenizer = load_tokenizer(folder)
     elif gen.method.uses_model_spec:
-        tokenizer = build_tokenizer(recipe.model.context_length)
+        folder, tokenizer = None, build_tokenizer(gen.recipe.model.context_length)
     else:  # an import that trains: the source's own tokenizer
-        tokenizer = load_tokenizer(gen.resolved.parameters.source)
-    end_of_text(tokenizer, file=str(gen.parents[0].path / "tokenizer_config.json") if gen.parents else None,
-                key="eos_token")
-    data, where = recipe.data, gen.file("data")
-    if not (Path(data.corpus) / f"{data.split}.jsonl").is_file():
-        if deferred is not None:
-            deferred.append(f"training text, when {data.corpus} is prepared")
-            return
-        from studbook.core.errors import StudbookError
+        folder = Path(gen.resolved.parameters.source)
+        tokenizer = load_tokenizer(folder)
+    end_of_text(tokenizer, file=str(folder / "tokenizer_config.json") if folder else None, key="eos_token")
 
-        raise StudbookError(f"no corpus at {data.corpus} (its prepare stage has not run)",
-                            file=where, key="corpus")
+
+def _check_corpus(gen: Generation, deferred: list[str] | None) -> None:
+    """The corpus is one params.yaml writes, and once prepared it has text to train on."""
+    from studbook.operators.packing import corpus_texts
+
+    data, where = gen.recipe.data, gen.file("data")
+    if not (Path(data.corpus) / f"{data.split}.jsonl").is_file():
+        from studbook.core.errors import StudbookError
+        from studbook.evidence.corpora import load_corpora
+
+        writers = {Path(c.out): name for name, c in load_corpora().items()}
+        if Path(data.corpus) not in writers:
+            raise StudbookError(f"no corpus in params.yaml writes {data.corpus} (corpora write: "
+                                f"{', '.join(sorted(map(str, writers)))})", file=where, key="corpus")
+        if deferred is not None:
+            deferred.append(f"training text, when prepare_data_{writers[Path(data.corpus)]} has run")
+            return
+        raise StudbookError(f"no corpus at {data.corpus} (stage prepare_data_{writers[Path(data.corpus)]} "
+                            "has not run)", file=where, key="corpus")
     if not corpus_texts(data.corpus, data.split, data.niches):
         from studbook.core.errors import StudbookError
 
@@ -205,7 +218,7 @@ def _train(gen: Generation, bred_dir: Path, bred: dict) -> dict | None:
         from studbook.operators.targets import TargetProbe, task_texts
 
         target = recipe.train.target
-        probe = TargetProbe(target, task_texts(target.task, "tasks", target.items, where=gen.file("train")),
+        probe = TargetProbe(target, task_texts(target.task, recipe.contract.task_folders, target.items, where=gen.file("train")),
                             tokenizer, recipe.model.context_length,
                             batch_size=recipe.contract.evaluation.batch_size)
         probe.model = model

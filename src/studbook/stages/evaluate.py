@@ -1,8 +1,9 @@
 """Stage evaluate: the artifact scored by lm-eval on the contract's tasks (and mining tasks).
 
-The evaluation is the frozen ground truth: local task YAMLs under `tasks/`, every seed and
-the batch size pinned, per-item scores kept in `generations/NAME/eval` for the gate's
-paired statistics; the contract's headline figures go to `metrics.json` for `dvc metrics`.
+The evaluation is the frozen ground truth: local task YAMLs under the contract's task
+folders, every seed and the batch size pinned, per-item scores kept in
+`generations/NAME/eval` for the gate's paired statistics; the contract's headline figures
+go to `metrics.json` for `dvc metrics`.
 """
 
 from __future__ import annotations
@@ -10,17 +11,24 @@ from __future__ import annotations
 from studbook.core.atomic import write_json_atomic
 from studbook.repository.generation import Generation
 
+LAUNCHABLE = True  # data-parallel under STUDBOOK_LAUNCHER (`accelerate launch …`)
 
-def run(gen: Generation) -> dict:
+
+def run(gen: Generation) -> dict | None:
     from studbook.core.numerics import configure_torch
     from studbook.evidence.evaluation import evaluate_model
     from studbook.evidence.records import write_evaluation
 
+    from studbook.core import launch
+
+    launch.check_device()
     contract = gen.recipe.contract
     tasks = [b.task for b in contract.benchmarks] + (contract.harvest.tasks if contract.harvest else [])
     configure_torch(contract.evaluation.seed)
-    evaluation = evaluate_model(gen.artifact, tasks, "tasks", contract.evaluation,
+    evaluation = evaluate_model(gen.artifact, tasks, contract.task_folders, contract.evaluation,
                                 gen.recipe.model.context_length)
+    if evaluation is None:  # not the main process of a launch: it writes nothing
+        return None
     write_evaluation(evaluation, gen.paths.eval)
     metrics = {b.task: round(evaluation["results"][b.task]["metrics"][b.metric], 6)
                for b in contract.benchmarks}
