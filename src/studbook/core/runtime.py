@@ -21,6 +21,14 @@ OFFLINE_ENV = {
 }
 
 
+# Stages print one progress line per logged step (with an ETA) and a summary; the
+# libraries' own per-file bars (weights loaded, shards written, splits generated) are noise
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' loading bars follow huggingface_hub's switch
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+
+
 def offline() -> None:
     """Nothing this process does may reach the network."""
     for key, value in OFFLINE_ENV.items():
@@ -57,6 +65,8 @@ def entry(module, argv: list[str] | None, takes_name: bool) -> list[str] | None:
     from studbook.core.numerics import pin_process
 
     offline()
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     kind = module.__name__.rsplit(".", 1)[-1]
     args = sys.argv[1:] if argv is None else argv
     usage = (f"usage: python stages/{kind}.py{' NAME' if takes_name else ''}\n"

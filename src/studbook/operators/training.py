@@ -160,8 +160,10 @@ def train(model, stream, spec, context_length: int, seed: int,
                                             spec.batch_size * context_length)
             window_ce, window_bytes, window_steps = 0.0, 0.0, 0
             elapsed = time.perf_counter() - start - paused
+            eta = elapsed / (step + 1) * (spec.steps - step - 1)
             progress(f"train step {step + 1}/{spec.steps} loss {final_loss:.4f} "
-                     f"({final_bpb:.3f} bits/byte) {tokens * processes / elapsed:,.0f} tok/s")
+                     f"({final_bpb:.3f} bits/byte) {tokens * processes / elapsed:,.0f} tok/s, "
+                     f"ETA {eta:.0f} s")
             if live is not None:  # no throughput here: the log is a DVC output, kept deterministic
                 live.log_metric("train/loss", final_loss)
                 live.log_metric("train/bits_per_byte", final_bpb)

@@ -39,7 +39,15 @@ def check(gen: Generation, deferred: list[str] | None = None) -> dict | None:
     from studbook.operators.artifacts import check_safe_folder
     from studbook.operators.compat import check_compatibility
 
-    launch.check_device()
+    device = launch.check_device()
+    if gen.recipe.train.precision == "bf16-mixed" and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            from studbook.core.errors import StudbookError
+
+            raise StudbookError(f"the recipe trains in bf16-mixed, but {device} has no bfloat16",
+                                file=gen.file("train"), key="precision")
     if gen.recipe.train.steps:
         _check_corpus(gen, deferred)
     waiting = [p.name for p in gen.parents if not p.exists()]
