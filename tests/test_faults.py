@@ -100,7 +100,8 @@ def test_a_tampered_parent_stops_a_child_before_compute(skeleton):
     write_meta(folder, {"name": "base", "kind": "model", "parameters": 28928,
                         "tokenizer_sha256": tokenizer_fingerprint(build_tokenizer(128)),
                         "weights_sha256": weights_sha256(folder)})
-    propose("child", "lora", ["base"], 0, choices, parameters={"rank": 2})
+    untrained = {**choices, "train": "none"}  # the parents are checked whatever the corpus
+    propose("child", "lora", ["base"], 0, untrained, parameters={"rank": 2})
     tensors = load_file(str(folder / "model.safetensors"))
     name = sorted(tensors)[0]
     tensors[name] = tensors[name] * 1.01  # someone re-saved the parent's weights
@@ -109,7 +110,7 @@ def test_a_tampered_parent_stops_a_child_before_compute(skeleton):
         run_stage("breed", "child")
     assert not list(Path("generations/child").glob(".bred.tmp-*"))  # no scratch left behind
     # and a parent that was never bred is named as such
-    propose("orphan", "distill", ["child"], 0, choices)
+    propose("orphan", "distill", ["child"], 0, untrained)
     with pytest.raises(StudbookError, match="parent 'child' has not been bred yet"):
         run_stage("breed", "orphan")
 

@@ -55,6 +55,18 @@ def launched(tmp_path_factory) -> dict:
                                        f"--main_process_port {free_port()}")
     try:
         ddp = run([PY, "-m", "dvc", "repro", "generations/ddp/dvc.yaml:breed"], repo, timeout=900)
+    finally:
+        del os.environ["STUDBOOK_LAUNCHER"]
+    return {"repo": repo, "ddp": summary_of(ddp.stdout, "ddp"), "log": ddp.stdout + ddp.stderr}
+
+
+@pytest.fixture(scope="module")
+def compared(launched) -> dict:
+    """The same recipe bred in one process, and the DDP child evaluated both ways."""
+    repo = launched["repo"]
+    os.environ["STUDBOOK_LAUNCHER"] = (f"accelerate launch --multi_gpu --num_processes 2 "
+                                       f"--main_process_port {free_port()}")
+    try:
         run([PY, "-m", "dvc", "repro", "generations/ddp/dvc.yaml:evaluate"], repo, timeout=900)
     finally:
         del os.environ["STUDBOOK_LAUNCHER"]
@@ -62,8 +74,7 @@ def launched(tmp_path_factory) -> dict:
                "items": (repo / "generations/ddp/eval/samples/stdlib_bpb_general.jsonl").read_text()}
     run([PY, "stages/evaluate.py", "ddp"], repo, timeout=900)  # the same evaluation, one process
     single = run([PY, "-m", "dvc", "repro", "generations/single/dvc.yaml:breed"], repo, timeout=900)
-    return {"repo": repo, "ddp": summary_of(ddp.stdout, "ddp"), "log": ddp.stdout + ddp.stderr,
-            "single": summary_of(single.stdout, "single"), "sharded": sharded}
+    return {**launched, "single": summary_of(single.stdout, "single"), "sharded": sharded}
 
 
 def test_two_processes_trained_and_their_tokens_add_up(launched):
@@ -89,9 +100,10 @@ def test_the_loss_falls_and_the_artifact_loads(launched):
     assert meta["numerics"]["threads"] == 1  # two processes share the two threads
 
 
-def test_the_global_batch_is_the_recipes_on_any_number_of_processes(launched):
+@pytest.mark.slow
+def test_the_global_batch_is_the_recipes_on_any_number_of_processes(compared):
     """One process or two: the same global batches, so nearly the same course."""
-    ddp, single = launched["ddp"], launched["single"]
+    ddp, single = compared["ddp"], compared["single"]
     assert int(single["tokens"]) == int(ddp["tokens"])
     assert float(ddp["final_loss_nats"]) == pytest.approx(float(single["final_loss_nats"]), abs=0.05)
 
@@ -103,9 +115,10 @@ def test_the_launcher_never_enters_a_recipe_or_a_lock(launched):
         assert "accelerate" not in text and "processes" not in text
 
 
-def test_evaluation_data_parallel_gives_the_single_process_scores(launched):
+@pytest.mark.slow
+def test_evaluation_data_parallel_gives_the_single_process_scores(compared):
     """lm-eval shards the requests over the two processes and gathers them on the main one."""
-    repo, sharded = launched["repo"], launched["sharded"]
+    repo, sharded = compared["repo"], compared["sharded"]
     single = json.loads((repo / "generations/ddp/metrics.json").read_text())
     assert sharded["metrics"].keys() == single.keys()
     for task, value in single.items():
