@@ -113,9 +113,13 @@ def methods() -> None:
 @app.command()
 def population(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Every member, promoted or rejected, with its contract scores and cost."""
+    from studbook.core.errors import StudbookError
     from studbook.repository.population import members, row
 
-    rows = [row(m) for m in members()]
+    try:
+        rows = [row(m) for m in members()]
+    except StudbookError as exc:  # a card that is not what a card may be: named, not rendered
+        _fail(exc)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, sort_keys=True))
         return

@@ -10,7 +10,6 @@ line of the current branch, that merge (the pull request). No side database.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,7 +119,9 @@ def load(cards_dir: str | Path = "cards", repo_dir: str | Path | None = ".") -> 
             committed = cards_at("HEAD", str(repo_dir))
         except StudbookError:  # a repository without commits yet
             committed = {}
-    cards = list(committed.values()) + [json.loads(f.read_text(encoding="utf-8"))
+    from studbook.repository.card_files import parse_card
+
+    cards = list(committed.values()) + [parse_card(f.read_bytes(), file=f.as_posix())
                                         for stem, f in on_disk.items() if stem not in committed]
     members = from_cards(cards)
     if in_git and committed:

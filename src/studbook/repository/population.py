@@ -6,25 +6,26 @@ queryable; nothing lives in a side database.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from studbook.core.errors import StudbookError
 
 
 def members(cards_dir: str | Path = "cards") -> list[dict]:
-    out = []
-    for file in sorted(Path(cards_dir).glob("*.json")):
-        out.append(json.loads(file.read_text(encoding="utf-8")))
-    return out
+    from studbook.repository.card_files import parse_card
+
+    return [parse_card(file.read_bytes(), file=file.as_posix())
+            for file in sorted(Path(cards_dir).glob("*.json"))]
 
 
 def member(name: str, cards_dir: str | Path = "cards") -> dict:
+    from studbook.repository.card_files import parse_card
+
     file = Path(cards_dir) / f"{name}.json"
     if not file.is_file():
         known = ", ".join(m["name"] for m in members(cards_dir)) or "none"
         raise StudbookError(f"no member named '{name}' (known: {known})", file=str(file))
-    return json.loads(file.read_text(encoding="utf-8"))
+    return parse_card(file.read_bytes(), file=file.as_posix())
 
 
 def row(m: dict) -> dict:

@@ -9,7 +9,6 @@ parents, verdicts, and the new members' lineage as a Mermaid snippet.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from studbook.core.errors import StudbookError
@@ -27,10 +26,12 @@ def cards_at(rev: str, repo_dir: str = ".") -> dict[str, dict]:
         folder = commit.tree / "cards"
     except KeyError:
         return {}
+    from studbook.repository.card_files import parse_card
+
     cards = {}
     for blob in folder.blobs:
         if blob.name.endswith(".json"):
-            card = json.loads(blob.data_stream.read().decode("utf-8"))
+            card = parse_card(blob.data_stream.read(), file=f"{rev}:cards/{blob.name}")
             cards[card["name"]] = card
     return cards
 
