@@ -86,6 +86,8 @@ def merge(
     config: str = typer.Argument(..., help="a mergekit-format YAML whose models are local folders"),
     out: str = typer.Argument(..., help="output folder (written atomically)"),
     seed: int = typer.Option(0, help="seed for the random methods (DARE)"),
+    replace: bool = typer.Option(False, "--replace", help="replace OUT if it exists (atomically, "
+                                 "once the merge is complete), even if it is one of the inputs"),
 ) -> None:
     """Run a mergekit YAML as-is, streaming tensor by tensor (like `mergekit-yaml`)."""
     from studbook.core.errors import StudbookError
@@ -94,10 +96,39 @@ def merge(
 
     offline()
     try:
+        _check_merge_output(config, out, replace)
         facts = merge_from_yaml(config, out, seed=seed)
     except StudbookError as exc:
         _fail(exc)
     summary({"out": out, **{k: v for k, v in facts.items() if v is not None}})
+
+
+def _check_merge_output(config: str, out: str, replace: bool) -> None:
+    """No destructive write: an OUT that exists, or that is (or holds, or lies in) an input
+    model folder, is refused unless --replace asks for it — before anything is read."""
+    from pathlib import Path
+
+    from studbook.core.config import load_yaml
+    from studbook.core.errors import StudbookError
+
+    target = Path(out).resolve()
+    data = load_yaml(config)
+    names = [m.get("model") for m in data.get("models") or [] if isinstance(m, dict)]
+    names.append(data.get("base_model"))
+    for key, name in zip([f"models[{i}].model" for i in range(len(names) - 1)] + ["base_model"], names):
+        if not isinstance(name, str):
+            continue
+        candidates = {Path(name).resolve(), (Path(config).parent / name).resolve()}
+        for folder in candidates:
+            if folder == target or folder in target.parents or target in folder.parents:
+                if not replace:
+                    raise StudbookError(f"the output {out} is the input model {name} (or inside it); "
+                                        "pass --replace to overwrite it once the merge is complete",
+                                        file=config, key=key)
+    if target.exists() and not replace:
+        kind = "folder" if target.is_dir() else "file"
+        raise StudbookError(f"the output {out} exists (a {kind}); pass --replace to replace it "
+                            "atomically once the merge is complete", file=out)
 
 
 @app.command()
