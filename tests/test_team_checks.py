@@ -8,7 +8,6 @@ whose corpus nobody writes, a tokenizer without an end-of-text token: `studbook 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
