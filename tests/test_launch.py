@@ -15,6 +15,8 @@ from pico import team_model
 from test_team_models import team_contract
 
 PY = sys.executable
+# two launched processes and a founder import: ~1 min on 2 cores, beyond the default budget
+pytestmark = pytest.mark.slow
 TRAIN = """# 12 steps of 4 sequences: the loss visibly falls on a pico model
 steps: 12
 batch_size: 4
@@ -99,7 +101,6 @@ def test_the_loss_falls_and_the_artifact_loads(launched):
     assert meta["numerics"]["threads"] == 1  # two processes share the two threads
 
 
-@pytest.mark.slow
 def test_the_global_batch_is_the_recipes_on_any_number_of_processes(compared):
     """One process or two: the same global batches, so nearly the same course."""
     ddp, single = compared["ddp"], compared["single"]
@@ -114,7 +115,6 @@ def test_the_launcher_never_enters_a_recipe_or_a_lock(launched):
         assert "accelerate" not in text and "processes" not in text
 
 
-@pytest.mark.slow
 def test_evaluation_data_parallel_gives_the_single_process_scores(compared):
     """lm-eval shards the requests over the two processes and gathers them on the main one."""
     repo, sharded = compared["repo"], compared["sharded"]
