@@ -92,6 +92,7 @@ LOCAL = "dataset_path: json\ntest_split: test\n"
         "process-results", "filters"])
 def test_a_tasks_metrics_are_derived_as_lm_eval_derives_them(tmp_path, monkeypatch, body, expected):
     monkeypatch.chdir(tmp_path)
+    write("tasks/utils.py", "def score(doc, results):\n    return {}\n")  # a hook must exist
     write("tasks/t.yaml", f"task: t\n{LOCAL}{body}")
     found = task_metrics("tasks/t.yaml")
     assert {k: (m.direction, m.aggregation) for k, m in found.items()} == expected
@@ -139,6 +140,7 @@ def team_tasks(tmp_path, monkeypatch):
           "metric_list:\n  - {metric: team_score, aggregation: mean, higher_is_better: false}\n"
           "  - {metric: team_f1, aggregation: f1, higher_is_better: true}\n")
     write("bench/team/utils.py", "def rate(doc, results):\n    return {}\n")
+    write("data/team.jsonl", '{"q": "1+1", "a": "2"}\n')
     return tmp_path
 
 
@@ -196,11 +198,16 @@ def test_a_founder_is_gated_only_on_metrics_with_a_chance_score(team_tasks):
 
 @pytest.mark.parametrize("task,text,key,words", [
     ("team_qa", "task: team_qa\ndataset_path: openai/gsm8k\n", "dataset_path", "not local data"),
-    ("team_qa", f"task: team_qa\n{LOCAL}dataset_kwargs: {{data_files: x.jsonl}}\nmetric_list:\n"
+    ("team_qa", f"task: team_qa\n{LOCAL}dataset_kwargs: {{data_files: data/team.jsonl}}\nmetric_list:\n"
      "  - {metric: rouge9}\n",
      "metric_list[0].metric", "lm-eval has no metric 'rouge9'"),
     ("team_qa", "task: team_qa\ninclude: _missing_yaml\n", "include", "not found"),
-], ids=["hub-data", "unknown-lm-eval-metric", "missing-include"])
+    # a data file nobody wrote: named here, not as a FileNotFoundError at evaluation
+    ("team_qa", f"task: team_qa\n{LOCAL}dataset_kwargs: {{data_files: {{test: data/gone.jsonl}}}}\n",
+     "dataset_kwargs.data_files", "data file data/gone.jsonl does not exist and no stage"),
+    ("team_qa", f"task: team_qa\n{LOCAL}dataset_kwargs: {{data_files: {{test: /etc/passwd}}}}\n",
+     "dataset_kwargs.data_files", "outside the repository"),
+], ids=["hub-data", "unknown-lm-eval-metric", "missing-include", "missing-data", "absolute-data"])
 def test_task_errors_name_the_task_file(team_tasks, task, text, key, words):
     write("bench/team/qa.yaml", text)
     with pytest.raises(StudbookError) as info:
@@ -242,6 +249,7 @@ def test_a_teams_task_folder_is_tracked_by_the_evaluate_stage(skeleton):
     write("bench/team/qa.yaml", f"task: team_qa\n{LOCAL}output_type: generate_until\n"
           "include: _base_yaml\ndataset_kwargs: {data_files: {test: bench/team/qa.jsonl}}\n")
     write("bench/team/_base_yaml", "metadata: {version: 1.0}\n")
+    write("bench/team/qa.jsonl", '{"q": "1+1", "a": "2"}\n')
     contract = Path("conf/contract/stdlib_pico.yaml")
     contract.write_text(contract.read_text().replace(
         "benchmarks:\n", "task_folders: [tasks, bench/team]\nbenchmarks:\n"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from studbook.core.atomic import sha256_file
-from studbook.evidence.tasks import as_folders, check_task_hooks, task_index
+from studbook.evidence.tasks import as_folders, check_task_hooks, resolved_task, sandbox, task_index
 from studbook.core.errors import StudbookError
 
 
@@ -66,9 +66,16 @@ def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir, spec,
         accelerator = launch.accelerator()
         lm._rank, lm._world_size, lm.accelerator = (accelerator.process_index,
                                                      accelerator.num_processes, accelerator)
-    manager = TaskManager(include_path=[str(d) for d in as_folders(task_dir)], include_defaults=False)
+    # lm-eval is handed each task fully resolved (includes merged, hooks imported by
+    # studbook from the reviewed task folders) and an empty task index, so it reads no
+    # task file and resolves no tag itself; it renders templates in jinja2's sandbox
+    import lm_eval.utils
+
+    lm_eval.utils.env = sandbox()
+    configs = [resolved_task(task_dir, task) for task in tasks]
+    manager = TaskManager(include_path=None, include_defaults=False)
     raw = simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=manager, limit=spec.limit,
+        model=lm, tasks=configs, task_manager=manager, limit=spec.limit,
         log_samples=True, bootstrap_iters=0, cache_requests=False,
         random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
         fewshot_random_seed=spec.seed,

@@ -71,15 +71,12 @@ def bits_per_byte(model, tokenizer, texts: list[str], batch_size: int, max_lengt
 def task_texts(task: str, task_dir, items: int | None = None,
                where: str | None = None) -> list[str]:
     """The documents of a local lm-eval rolling task (its `test` JSONL, field `doc_to_target`)."""
-    from studbook.evidence.tasks import task_index
+    from studbook.evidence.tasks import root_of, task_config, task_index
 
     known = task_index(task_dir)
     if task not in known:
         raise StudbookError(f"no lm-eval task '{task}' under {task_dir}", file=where, key="target.task")
-    data = load_yaml(known[task], allow_tags=True)
-    template = data.get("include")
-    if template:
-        data = {**load_yaml(known[task].parent / template, allow_tags=True), **data}
+    data, _ = task_config(known[task], root_of(known[task], task_dir))
     if data.get("output_type") != "loglikelihood_rolling":
         raise StudbookError(f"target task '{task}' is not a loglikelihood_rolling (bits per byte) task",
                             file=where, key="target.task")

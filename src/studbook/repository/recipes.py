@@ -21,6 +21,11 @@ from studbook.core.errors import StudbookError
 
 GROUPS = ("contract", "model", "train", "data")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+OPTION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # a file in conf/GROUP/, never a path
+# OmegaConf resolvers studbook defines for recipes: none. A resolver reads something the
+# recipe does not hold (`oc.env` the environment, `now` the clock), so its value would
+# decide the weights without being tracked.
+RESOLVERS: tuple[str, ...] = ()
 
 
 class Strict(BaseModel):
@@ -285,6 +290,9 @@ def _defaults_choices(raw: dict, recipe_file: str, conf_dir: Path) -> dict[str, 
                                 key=f"defaults[{index}]")
         (group, option), = entry.items()
         group = str(group).lstrip("/")
+        if not isinstance(option, str) or not OPTION_RE.match(option):
+            raise StudbookError(f"'{option}' is not an option name (letters, digits, '_', '-', '.')",
+                                file=recipe_file, key=f"defaults[{index}].{group}")
         if group not in GROUPS:
             raise StudbookError(f"unknown config group '{group}' (known: {', '.join(GROUPS)})",
                                 file=recipe_file, key=f"defaults[{index}]")
@@ -302,6 +310,55 @@ def _defaults_choices(raw: dict, recipe_file: str, conf_dir: Path) -> dict[str, 
     return choices
 
 
+def _resolvers(value: str) -> list[str]:
+    """The OmegaConf resolvers a string calls (`${name:args}`), by OmegaConf's own grammar."""
+    from omegaconf import grammar_parser
+    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
+
+    if "${" not in value:
+        return []
+    try:
+        tree = grammar_parser.parse(value)
+    except Exception:  # a malformed interpolation: Hydra names it when composing
+        return []
+    found, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, OmegaConfGrammarParser.InterpolationResolverContext):
+            found.append(node.resolverName().getText())
+        stack.extend(node.getChild(i) for i in range(getattr(node, "getChildCount", lambda: 0)()))
+    return found
+
+
+def check_composable(data: dict, file: str, recipe: bool) -> None:
+    """What Hydra may read from a recipe or a group file: data, and interpolations between
+    keys of the recipe; no resolver outside `RESOLVERS`, no Hydra settings, and (in a group
+    file) no `defaults` list pulling in further files."""
+    forbidden = ["hydra"] + ([] if recipe else ["defaults"])
+    for key in forbidden:
+        if key in data:
+            raise StudbookError(f"`{key}` is not accepted here: a recipe chooses one option per "
+                                f"group and nothing else decides what is composed", file=file, key=key)
+
+    def walk(value, path: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(k, path)
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(value, str):
+            for name in _resolvers(value):
+                if name not in RESOLVERS:
+                    raise StudbookError(
+                        f"`${{{name}:…}}` reads a value the recipe does not hold (environment, clock, "
+                        f"…), untracked by DVC; write the value itself (resolvers accepted: "
+                        f"{', '.join(RESOLVERS) or 'none'})", file=file, key=path or "(top level)")
+
+    walk(data, "")
+
+
 def compose_recipe(recipe_path: str | Path, conf_dir: str | Path = "conf") -> ResolvedRecipe:
     """Compose `recipe.yaml` with Hydra and validate it; errors name file and key."""
     recipe_path, conf_dir = Path(recipe_path), Path(conf_dir)
@@ -309,17 +366,26 @@ def compose_recipe(recipe_path: str | Path, conf_dir: str | Path = "conf") -> Re
     raw = load_yaml(recipe_path)
     choices = _defaults_choices(raw, recipe_file, conf_dir)
     group_files = {g: str(conf_dir / g / f"{o}.yaml") for g, o in choices.items()}
+    check_composable(raw, recipe_file, recipe=True)
     for group_file in group_files.values():
-        load_yaml(group_file)  # a malformed group file is named here, before Hydra
+        # every file Hydra will read passes the strict loader first, and holds only data
+        check_composable(load_yaml(group_file), group_file, recipe=False)
 
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+
+    from omegaconf.basecontainer import BaseContainer
 
     try:
         with initialize_config_dir(config_dir=str(recipe_path.parent.resolve()), version_base="1.3"):
             cfg = compose(recipe_path.stem, overrides=[
                 f"hydra.searchpath=[file://{conf_dir.resolve()}]"])
-            resolved = OmegaConf.to_container(cfg, resolve=True)
+            registered = BaseContainer._resolvers
+            BaseContainer._resolvers = {k: v for k, v in registered.items() if k in RESOLVERS}
+            try:  # belt and braces: no resolver but studbook's is even registered while resolving
+                resolved = OmegaConf.to_container(cfg, resolve=True)
+            finally:
+                BaseContainer._resolvers = registered
     except Exception as exc:  # Hydra/OmegaConf errors: interpolation, type merges
         raise StudbookError(f"cannot compose: {exc}", file=recipe_file) from None
     resolved.pop("defaults", None)
