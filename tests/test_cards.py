@@ -2,6 +2,7 @@ import copy
 import difflib
 
 import pytest
+import yaml
 from jinja2.exceptions import SecurityError
 
 from studbook.evidence.cards import fmt, render_card
@@ -150,3 +151,21 @@ def test_the_card_names_the_corpus_trained_on_or_none():
     text = render_card(untrained)
     assert "- data: none — this generation's weights were not trained here" in text
     assert "trained on" not in text
+
+
+@pytest.mark.parametrize("hostile", [
+    '<img src=x onerror=alert(1)>', '[click](javascript:alert(1))', 'a | b\n| injected | row |',
+    '`code` and \\ backslash', '"]\n  click n_x "javascript:alert(1)"'])
+def test_every_interpolated_value_is_inert_markdown(hostile):
+    """A contract's description (a pull request may write it) and any other value reach the
+    card as text: no HTML tag, no link, no table break, one line."""
+    context = copy.deepcopy(CONTEXT)
+    context["contract_description"] = hostile
+    text = render_card(context)
+    line = next(l for l in text.splitlines() if l.startswith("| contract |"))
+    assert "<img" not in text and "](javascript" not in text
+    assert line.replace("\\|", "").count("|") == 3  # still one row of two cells
+    assert "\n| injected" not in text
+    front = text.split("---")[1]
+    assert yaml.safe_load(front)["model-index"][0]["name"] == "founder"  # front matter still YAML
+    assert render_card(copy.deepcopy(context)) == text

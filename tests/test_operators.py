@@ -291,10 +291,12 @@ def case_budget():
 
 
 def case_contract_architecture():
-    plant("g1", model="gpt2_pico")
-    _llama_only_contract()
-    return "m", "lora", ["g1"], {}, {"contract": "llama_only", "model": "gpt2_pico"}, [
+    plant("g1", model="gpt2_pico")  # bred under stdlib_pico; the contract then narrows
+    contract = Path("conf/contract/stdlib_pico.yaml")
+    contract.write_text(contract.read_text().replace("architectures: [llama, gpt2]", "architectures: [llama]"))
+    return "m", "lora", ["g1"], {}, {"model": "gpt2_pico"}, [
         "parent 'g1' is a gpt2; the contract accepts llama"]
+
 
 
 CASES = [case_architecture, case_shapes, case_tokenizer, case_adapter_base, case_lora_rank,
@@ -315,6 +317,18 @@ def test_contract_mismatch_fails_before_any_weight_is_written(studbook, case):
     after = sorted(str(p) for p in Path(".").rglob("*") if p.is_file())
     assert after == before  # nothing written: no bred folder, no temporary, no artifact
     assert not list(Path(f"generations/{name}").glob(".bred.tmp-*"))  # no scratch left behind
+
+
+def test_a_child_under_another_contract_than_its_parent_is_refused_at_propose(studbook):
+    plant("g1")
+    _llama_only_contract()
+    before = {str(p): p.read_bytes() for p in Path(".").rglob("*") if p.is_file()}
+    with pytest.raises(StudbookError) as info:
+        propose("m", "lora", ["g1"], 0, {**PICO, "contract": "llama_only"})
+    assert "parent 'g1' was bred under contract 'stdlib_pico', this generation under 'llama_only'" \
+        in str(info.value)
+    assert (info.value.file, info.value.key) == ("generations/m/recipe.yaml", "defaults.contract")
+    assert {str(p): p.read_bytes() for p in Path(".").rglob("*") if p.is_file()} == before
 
 
 def test_parents_auto_ranks_promoted_compatible_members(studbook):

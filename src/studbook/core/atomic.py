@@ -58,7 +58,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # somebody else's live process
         return True
-    return True
+    try:  # a zombie has died: only its exit status waits to be read by its parent
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): signal 0 is all there is
+        return True
 
 
 def _sweep_orphans(path: Path) -> None:

@@ -101,8 +101,9 @@ def environment() -> dict:
     capability = torch.backends.cpu.get_cpu_capability()
     blas = "mkl" if torch.backends.mkl.is_available() else "other"
     if blas == "mkl":
-        blas += " " + (torch.__config__.show().split("Math Kernel Library Version ")[1].split("-")[0]
-                       if "Math Kernel Library Version " in torch.__config__.show() else "")
+        shown = torch.__config__.show()
+        blas += " " + (shown.split("Math Kernel Library Version ")[1].split("-")[0]
+                       if "Math Kernel Library Version " in shown else "")
     return {
         "mode": mode(),
         "reproducible": pinned and capability.lower() == PIN["ATEN_CPU_CAPABILITY"]

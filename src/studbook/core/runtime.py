@@ -81,6 +81,25 @@ def entry(module, argv: list[str] | None, takes_name: bool) -> list[str] | None:
     return args
 
 
+def out_of_space(exc: Exception) -> str | None:
+    """The message for a write that failed because the disk, a quota or a file-size limit
+    is full, else None. Writes are atomic, so nothing half-written was left in place:
+    freeing space and re-running `dvc repro` resumes."""
+    import errno
+
+    full = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    if isinstance(exc, OSError) and exc.errno in full:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        reason = exc.strerror
+    # safetensors and torch report a failed write in their own exception, with the OS's words
+    elif any(os.strerror(e) in str(exc) for e in full):
+        where, reason = "", next(os.strerror(e) for e in full if os.strerror(e) in str(exc))
+    else:
+        return None
+    return (f"out of space{where} ({reason}); nothing was left half-written — free space "
+            "and re-run `dvc repro`")
+
+
 def run_shared_stage(module, argv: list[str] | None = None, takes_name: bool = False) -> None:
     """Entry of a stage every generation shares: `python stages/<kind>.py [NAME]`."""
     from studbook.core.errors import StudbookError
@@ -92,3 +111,7 @@ def run_shared_stage(module, argv: list[str] | None = None, takes_name: bool = F
         summary(module.run(*args))
     except StudbookError as exc:
         sys.exit(f"error: {exc}")
+    except Exception as exc:  # noqa: BLE001 - re-raised unless the disk is full
+        if not out_of_space(exc):
+            raise
+        sys.exit(f"error: {out_of_space(exc)}")

@@ -153,8 +153,27 @@ def _rounded(score: dict | None) -> dict | None:
                                        "bits_per_byte": round(score["bits_per_byte"], 6)}
 
 
-def _to_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=True, allow_unicode=True, width=100).rstrip("\n")
+def _to_yaml(data: Any):
+    from markupsafe import Markup
+
+    # the front matter is YAML, written by safe_dump (which quotes what it must); it is not
+    # Markdown, so it is the one output `markdown_text` leaves alone
+    return Markup(yaml.safe_dump(data, sort_keys=True, allow_unicode=True, width=100).rstrip("\n"))
+
+
+_MARKDOWN = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]",
+                           "<": "&lt;", ">": "&gt;", "\n": " ", "\r": " "})
+
+
+def markdown_text(value: Any) -> Any:
+    """Every value a card interpolates, as inert Markdown text: no HTML (`<img onerror>`),
+    no link or image (`[x](javascript:…)`), no table cell break (`|`), no code span break,
+    one line. Plain names and numbers are unchanged, so ordinary cards keep their bytes."""
+    from markupsafe import Markup
+
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    return value.translate(_MARKDOWN)
 
 
 def render_card(context: dict[str, Any], template: str | None = None) -> str:
@@ -163,7 +182,8 @@ def render_card(context: dict[str, Any], template: str | None = None) -> str:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
-                                        trim_blocks=True, lstrip_blocks=True, autoescape=False)
+                                        trim_blocks=True, lstrip_blocks=True, autoescape=False,
+                                        finalize=markdown_text)
     env.filters.update(fmt=fmt, si=fmt_si, to_yaml=_to_yaml, directions=directions)
     source = template if template is not None else TEMPLATE.read_text(encoding="utf-8")
     text = env.from_string(source).render(**context)

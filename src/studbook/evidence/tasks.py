@@ -464,6 +464,12 @@ def check_contract(contract, file: str, founder: bool = False):
             raise StudbookError(f"harvest task '{task}' does not report bits_per_byte: hard examples "
                                 "are the mining items scored worst in bits per byte",
                                 file=file, key=f"harvest.tasks[{i}]")
+        config, _ = task_config(index[task], root_of(index[task], folders))
+        held_out = [f for f in _data_files(config) if "mining" not in Path(f).parts]
+        if held_out:
+            raise StudbookError(f"harvest task '{task}' reads {held_out[0]}, not a mining split (a "
+                                "folder named `mining`): hard examples would leak held-out items "
+                                "into training", file=file, key=f"harvest.tasks[{i}]")
     if founder:  # gated against a know-nothing reference: it needs the metric's chance score
         gated = [("primary", primary.metric)] + [(f"guarded[{i}]", g.metric)
                                                  for i, g in enumerate(contract.guarded)]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any
-
 from studbook.core.atomic import sha256_file, write_json_atomic
 from studbook.core.errors import StudbookError
 
@@ -49,7 +47,7 @@ def model_config(spec, tokenizer, family: dict | None = None):
                 kwargs.setdefault(key, spec.context_length)
         return AutoConfig.for_model(spec.architecture, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise StudbookError(str(exc).splitlines()[0][:300], key="model.architecture") from None
+        raise StudbookError(str(exc).splitlines()[0][:300], key="config") from None
 
 
 def _own_keys(config: dict) -> dict:
@@ -95,23 +93,73 @@ def save_model(model, tokenizer, out_dir: str | Path) -> None:
     tokenizer.save_pretrained(str(out_dir))
 
 
+MAX_JSON_BYTES = 64 << 20  # a large vocabulary's tokenizer.json is tens of MB, not more
+
+
+def _auto_map(value, path: str = "") -> str | None:
+    """The key path of the first `auto_map` anywhere in a JSON value (None if none)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if key == "auto_map":
+                return here
+            found = _auto_map(item, here)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _auto_map(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
 def check_safe_folder(path: str | Path) -> None:
-    """Refuse folders holding pickle-based files or asking for remote code; never load them."""
+    """Refuse folders holding pickle-based files, links, or any JSON asking for remote code
+    (an `auto_map` anywhere: config.json, tokenizer_config.json, a nested text_config);
+    nothing in the folder is loaded by this check but its small JSON files."""
     path = Path(path)
     if not path.is_dir():
         raise StudbookError("model folder does not exist", file=str(path))
     for file in sorted(path.rglob("*")):
+        if file.is_symlink():
+            raise StudbookError("a symbolic link: the file a reviewer pinned must be the file read",
+                                file=str(file))
         if file.suffix.lower() in PICKLE_SUFFIXES:
             raise StudbookError("pickle-based weights are refused (safetensors only); "
                                 "the file was not opened", file=str(file))
-    config_file = path / "config.json"
-    if config_file.is_file():
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        if "auto_map" in config:
-            raise StudbookError("the model asks for remote code (auto_map); "
-                                "trust_remote_code stays off", file=str(config_file), key="auto_map")
+        if file.suffix.lower() == ".json":
+            if file.stat().st_size > MAX_JSON_BYTES:
+                raise StudbookError(f"larger than {MAX_JSON_BYTES >> 20} MiB", file=str(file))
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise StudbookError(f"not valid JSON: {exc}", file=str(file)) from None
+            found = _auto_map(data)
+            if found:
+                raise StudbookError("asks for remote code (auto_map); trust_remote_code stays off",
+                                    file=str(file), key=found)
     if not any(path.glob("*.safetensors")):
         raise StudbookError("no safetensors weights in the folder", file=str(path))
+
+
+def header_parameters(path: str | Path) -> int:
+    """Parameters in every tensor of every safetensors file of a folder, read from the
+    headers only (safetensors maps the file; no tensor is read)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    count = 1
+                    for size in handle.get_slice(name).get_shape():
+                        count *= size
+                    total += count
+        except Exception as exc:  # a truncated file or a bad header
+            raise StudbookError(f"unreadable safetensors header: {exc}", file=str(file)) from None
+    return total
 
 
 def load_model(path: str | Path):

@@ -23,6 +23,41 @@ def model_spec_parameters(spec, family: dict | None = None) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def check_model_spec(spec, file: str, family: dict | None = None) -> None:
+    """A model built from `spec` can exist: a causal-LM architecture transformers knows, a
+    config its class accepts, a hidden size its attention heads divide, and a model that
+    builds (on the meta device: nothing allocated). Errors name the model file and key."""
+    import difflib
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    known = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if spec.architecture not in known:
+        close = difflib.get_close_matches(spec.architecture, list(known), n=3)
+        raise StudbookError(f"'{spec.architecture}' is not a causal-LM architecture transformers "
+                            f"{_version()} knows" + (f"; did you mean {', '.join(close)}?" if close else ""),
+                            file=file, key="architecture")
+    hidden, heads = spec.config.get("hidden_size"), spec.config.get("num_attention_heads")
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads \
+            and "head_dim" not in spec.config:
+        raise StudbookError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}",
+                            file=file, key="config.num_attention_heads")
+    try:
+        model_spec_parameters(spec, family)
+    except StudbookError as exc:
+        raise StudbookError(exc.detail, file=file, key=exc.key) from None
+    except Exception as exc:  # noqa: BLE001 - transformers' own refusal, whatever its type
+        message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise StudbookError(f"transformers cannot build this {spec.architecture}: {message}",
+                            file=file, key="config") from None
+
+
+def _version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
 def tokenizer_of(parent) -> str:
     return parent.meta["tokenizer_sha256"]
 

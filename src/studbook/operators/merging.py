@@ -89,7 +89,57 @@ def parse_config(data: Any, file: str, prefix: str = "") -> MergeConfig:
         if default is None and key not in config.parameters:
             raise StudbookError(f"'{method.name}' needs parameter '{key}'",
                                 file=file, key=f"{at}parameters.{key}")
+    for index, entry in enumerate(config.models):
+        for key, value in entry.parameters.items():
+            _check_range(key, value, file, f"{at}models[{index}].parameters.{key}")
+    for key, value in config.parameters.items():
+        _check_range(key, value, file, f"{at}parameters.{key}")
+    _check_normalizable(config, method, file, at)
     return config
+
+
+# parameters with a bounded meaning: (low, low included, high, what it is)
+RANGES = {"density": (0.0, False, 1.0, "the fraction of each task vector kept"),
+          "t": (0.0, True, 1.0, "the point between base (0) and model (1)")}
+
+
+def _scalars(value: ParamValue) -> list[Scalar]:
+    return [e.value for e in value] if isinstance(value, list) else [value]
+
+
+def _check_range(key: str, value: ParamValue, file: str, where: str) -> None:
+    import math
+
+    for scalar in _scalars(value):
+        if isinstance(scalar, float) and not math.isfinite(scalar):
+            raise StudbookError(f"{scalar} is not a value a merge can use", file=file, key=where)
+        if key in RANGES and not isinstance(scalar, bool):
+            low, inclusive, high, meaning = RANGES[key]
+            if not ((scalar >= low if inclusive else scalar > low) and scalar <= high):
+                raise StudbookError(f"{key} {scalar} is outside {'[' if inclusive else '('}{low:g}, "
+                                    f"{high:g}]: it is {meaning}", file=file, key=where)
+
+
+def _check_normalizable(config: MergeConfig, method, file: str, at: str) -> None:
+    """A normalizing merge divides by the sum of the weights: a sum of 0 would breed NaN."""
+    if "weight" not in method.per_model or "normalize" not in method.shared:
+        return
+    normalize = config.parameters.get("normalize", method.shared["normalize"])
+    if not any(_scalars(normalize)):
+        return
+    entries = [e for e in config.models if e.model != config.base_model]
+    values = [e.parameters.get("weight", config.parameters.get("weight")) for e in entries]
+    probes = {""} | {f.filter for v in values if isinstance(v, list) for f in v
+                     if f.filter not in (None, "*")}
+    for probe in sorted(probes):  # a tensor named like each filter, and one matching none
+        try:
+            total = sum(float(_resolve(v, probe)) for v in values if v is not None)
+        except StudbookError:
+            continue
+        if abs(total) < 1e-12:
+            raise StudbookError(f"the weights{f' for tensors matching {probe!r}' if probe else ''} sum to 0, "
+                                f"and '{method.name}' with normalize divides by their sum (set "
+                                "normalize: false, or weights that do not cancel)", file=file, key=f"{at}models")
 
 
 def _resolve(value: ParamValue, tensor_name: str) -> Scalar:

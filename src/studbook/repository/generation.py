@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from studbook.core.config import load_yaml
 from studbook.core.errors import StudbookError
 from studbook.repository.recipes import ResolvedRecipe, compose_recipe
-
 
 
 @dataclass(frozen=True)
@@ -109,12 +107,23 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
         if not GenerationPaths(parent).recipe.is_file():
             raise StudbookError(f"parent '{parent}' does not exist (no generations/{parent}/)",
                                 file=resolved.recipe_file, key=f"parents[{index}]")
-        kind = resolve_parent(parent, conf_dir).kind
+        found = resolve_parent(parent, conf_dir)
+        kind = found.kind
+        if found.contract != resolved.contract_name:
+            raise StudbookError(f"parent '{parent}' was bred under contract '{found.contract}', this "
+                                f"generation under '{resolved.contract_name}': the gate compares child "
+                                "and parent item by item on one contract's benchmarks",
+                                file=resolved.recipe_file, key="defaults.contract")
         if kind not in method.parent_kinds:
             raise StudbookError(f"method '{method.name}' takes {' or '.join(method.parent_kinds)} "
                                 f"parents, but '{parent}' is an {kind}",
                                 file=resolved.recipe_file, key=f"parents[{index}]")
+    check_acyclic(name)
     resolved = resolved.model_copy(update={"parameters": params, "kind": method.kind(params)})
+    if method.uses_model_spec:
+        from studbook.operators.compat import check_model_spec
+
+        check_model_spec(recipe.model, resolved.group_files["model"])
     if recipe.parents:
         _check_inherited_model(resolved, method, resolve_parent(recipe.parents[0], conf_dir))
     if hasattr(params, "check_against"):  # parameters that name parents (merges)
@@ -149,6 +158,34 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
     if check_deps:
         check_declared_deps(resolved)
     return resolved
+
+
+def check_acyclic(name: str) -> None:
+    """No generation descends from itself. Parents are read from each recipe's `parents`
+    (strict loader, no composition), so a cycle made by editing a recipe is named before
+    DVC sees a cyclic graph, which would stop every `dvc repro`, related or not."""
+    def parents(of: str) -> list[str]:
+        file = GenerationPaths(of).recipe
+        found = load_yaml(file).get("parents") if file.is_file() else []
+        return [p for p in found if isinstance(p, str)] if isinstance(found, list) else []
+
+    path: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> None:
+        if node in path:
+            cycle = path[path.index(node):] + [node]
+            raise StudbookError(f"the parents form a cycle: {' → '.join(reversed(cycle))}",
+                                file=str(GenerationPaths(path[-1]).recipe), key="parents")
+        if node in done:
+            return
+        path.append(node)
+        for parent in parents(node):
+            visit(parent)
+        path.pop()
+        done.add(node)
+
+    visit(name)
 
 
 def _check_inherited_model(resolved: ResolvedRecipe, method, parent) -> None:
@@ -198,7 +235,7 @@ def check_declared_deps(resolved: ResolvedRecipe) -> None:
     if not dvc_yaml.is_file():
         return
     declared = set()
-    for stage in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).values():
+    for stage in (load_yaml(dvc_yaml).get("stages") or {}).values():
         declared.update(str(d) for d in stage.get("deps", []))
         for entry in stage.get("params", []):  # `- file:` (all of a params file) or `- key`
             declared.update(entry if isinstance(entry, dict) else [])

@@ -155,7 +155,16 @@ class Guard(_Directed):
 class Compatibility(Strict):
     architectures: list[str] = Field(min_length=1, description="HF model_type values accepted")
     tokenizer_sha256: str | None = Field(default=None, description="tokenizer fingerprint")
-    max_parameters: int = Field(gt=0)
+    max_parameters: int = Field(gt=0, description=(
+        "parameters a member may have; an import is counted from its safetensors headers"))
+    max_vocabulary: int = Field(default=1 << 20, gt=0, description=(
+        "tokenizer entries an imported model may carry (added tokens included)"))
+    max_bytes: int | None = Field(default=None, gt=0, description=(
+        "size of an imported model folder; default 4 bytes per allowed parameter + 64 MiB"))
+
+    @property
+    def byte_budget(self) -> int:
+        return self.max_bytes if self.max_bytes is not None else 4 * self.max_parameters + (64 << 20)
 
 
 class GateSpec(Strict):

@@ -28,6 +28,7 @@ class Parent:
     name: str
     kind: str  # "model" or "adapter"
     model: Any = field(default=None, compare=False)  # its recipe's ModelSpec (known before breeding)
+    contract: str | None = field(default=None, compare=False)  # the contract it was bred under
 
     @property
     def path(self) -> Path:
@@ -77,7 +78,7 @@ def resolve_parent(name: str, conf_dir: str | Path = "conf") -> Parent:
     method = methods.get(resolved.recipe.method, file=str(recipe_file))
     params = validate(method.parameters, resolved.recipe.parameters, file=str(recipe_file),
                       prefix="parameters")
-    return Parent(name, method.kind(params), resolved.recipe.model)
+    return Parent(name, method.kind(params), resolved.recipe.model, resolved.contract_name)
 
 
 @dataclass(frozen=True)

@@ -31,3 +31,9 @@ def run_generation_stage(module, argv: list[str] | None = None) -> None:
             summary(result)
     except StudbookError as exc:
         sys.exit(f"error: {exc}")
+    except Exception as exc:  # noqa: BLE001 - re-raised unless the disk is full
+        from studbook.core.runtime import out_of_space
+
+        if not out_of_space(exc):
+            raise
+        sys.exit(f"error: {out_of_space(exc)}")

@@ -44,10 +44,47 @@ def check_source(ctx, file: str) -> None:
         raise StudbookError(f"the source's weights changed: sha256 {found[:12]}… but the recipe pins "
                             f"{ctx.params.sha256[:12]}…", file=file, key="parameters.sha256")
     model_type = json.loads((source / "config.json").read_text()).get("model_type")
-    allowed = ctx.recipe.contract.compatibility.architectures
-    if model_type not in allowed:
-        raise StudbookError(f"the source is a {model_type}; the contract accepts {', '.join(allowed)}",
-                            file=file, key="parameters.source")
+    compat = ctx.recipe.contract.compatibility
+    if model_type not in compat.architectures:
+        raise StudbookError(f"the source is a {model_type}; the contract accepts "
+                            f"{', '.join(compat.architectures)}", file=file, key="parameters.source")
+    check_bounds(source, compat)
+
+
+def check_bounds(source: Path, compat) -> None:
+    """An imported folder fits the contract before anything is copied or loaded: its size,
+    its parameters (every tensor of every shard, from the headers) and its vocabulary."""
+    import json
+
+    from studbook.core.errors import StudbookError
+    from studbook.operators.artifacts import header_parameters
+
+    where = "contract.compatibility"
+    size = sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
+    if size > compat.byte_budget:
+        raise StudbookError(f"the folder {source} holds {size:,} bytes; the contract allows "
+                            f"{compat.byte_budget:,} (max_bytes)", file=str(source), key=f"{where}.max_bytes")
+    weights = sorted(source.glob("*.safetensors"))
+    parameters = header_parameters(source)
+    if parameters > compat.max_parameters:
+        raise StudbookError(f"{parameters:,} parameters in its safetensors headers (all tensors, "
+                            f"{len(weights)} file(s)); the contract allows {compat.max_parameters:,}",
+                            file=str(weights[0] if len(weights) == 1 else source),
+                            key=f"{where}.max_parameters")
+    tokenizer_file = source / "tokenizer.json"
+    if tokenizer_file.is_file():
+        from tokenizers import Tokenizer
+
+        entries = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(with_added_tokens=True)
+        vocab_size = json.loads((source / "config.json").read_text()).get("vocab_size")
+        if entries > compat.max_vocabulary:
+            raise StudbookError(f"{entries:,} tokenizer entries; the contract allows "
+                                f"{compat.max_vocabulary:,}", file=str(tokenizer_file),
+                                key=f"{where}.max_vocabulary")
+        if isinstance(vocab_size, int) and entries > vocab_size:
+            raise StudbookError(f"{entries:,} tokenizer entries but the model embeds {vocab_size:,}: "
+                                "ids past its embedding cannot be scored", file=str(tokenizer_file),
+                                key="vocab_size")
 
 
 @register("import", min_parents=0, max_parents=0, base_model_relation=None, relation="import",

@@ -9,7 +9,7 @@ merged into their base (PEFT's `merge_and_unload`) so they can take part.
 from __future__ import annotations
 
 import shutil
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,12 +24,19 @@ class MergeParameters(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     dtype: str | None = None
     out_dtype: str | None = None
+    method: ClassVar[str] = ""  # set per registered merge method (`register_merge_method`)
+
+    def check_against(self, parents: list[str], file: str) -> None:
+        """The whole mergekit config (ranges, weights, names) checked when the recipe is
+        loaded: before compute, even before the parents are bred."""
+        _check_config(self.mergekit_config(self.method, parents), parents, file)
 
     def mergekit_config(self, method: str, parents: list[str]) -> dict:
         models = self.models
         if models is None:
             base = self.base_model or (parents[0] if merges.get(method).needs_base else None)
-            models = [{"model": p, "parameters": {"weight": 1.0}} for p in parents if p != base]
+            weight = {"weight": 1.0} if "weight" in merges.get(method).per_model else {}
+            models = [{"model": p, "parameters": dict(weight)} for p in parents if p != base]
         else:
             base = self.base_model
         data = {"merge_method": method, "models": models, "parameters": self.parameters}
@@ -41,26 +48,29 @@ class MergeParameters(BaseModel):
         return data
 
 
+def _check_config(data: dict, names: list[str], file: str) -> None:
+    from studbook.core.errors import StudbookError
+    from studbook.operators.merging import parse_config
+
+    config = parse_config(data, file=file, prefix="parameters")
+    for index, entry in enumerate(config.models):
+        if entry.model not in names:
+            raise StudbookError(f"'{entry.model}' is not a parent (parents: {', '.join(names)})",
+                                file=file, key=f"parameters.models[{index}].model")
+    if config.base_model and config.base_model not in names:
+        raise StudbookError(f"base_model '{config.base_model}' is not a parent",
+                            file=file, key="parameters.base_model")
+    used = {e.model for e in config.models} | {config.base_model}
+    for index, name in enumerate(names):
+        if name not in used:
+            raise StudbookError(f"parent '{name}' takes no part in the merge",
+                                file=file, key=f"parents[{index}]")
+
+
 def _checker(method_name: str):
     def check(ctx, file: str) -> None:
-        from studbook.core.errors import StudbookError
-        from studbook.operators.merging import parse_config
-
         names = [p.name for p in ctx.parents]
-        config = parse_config(ctx.params.mergekit_config(method_name, names), file=file,
-                              prefix="parameters")
-        for index, entry in enumerate(config.models):
-            if entry.model not in names:
-                raise StudbookError(f"'{entry.model}' is not a parent (parents: {', '.join(names)})",
-                                    file=file, key=f"parameters.models[{index}].model")
-        if config.base_model and config.base_model not in names:
-            raise StudbookError(f"base_model '{config.base_model}' is not a parent",
-                                file=file, key="parameters.base_model")
-        used = {e.model for e in config.models} | {config.base_model}
-        for index, name in enumerate(names):
-            if name not in used:
-                raise StudbookError(f"parent '{name}' takes no part in the merge",
-                                    file=file, key=f"parents[{index}]")
+        _check_config(ctx.params.mergekit_config(method_name, names), names, file)
         _check_shapes(ctx.parents, file)
     return check
 
@@ -119,4 +129,6 @@ def register_merge_method(name: str) -> None:
         max_parents=None if entry.max_models is None else entry.max_models + int(entry.needs_base),
         base_model_relation="merge", relation="merge", deterministic=entry.deterministic,
         description=f"full-weight {name} merge (mergekit format; {entry.reference})",
-        parameters=MergeParameters, parent_kinds=("model", "adapter"), check=_checker(name)))
+        parameters=type(f"{name.title().replace('_', '')}Parameters", (MergeParameters,),
+                        {"method": name}),
+        parent_kinds=("model", "adapter"), check=_checker(name)))
