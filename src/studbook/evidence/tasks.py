@@ -242,7 +242,8 @@ def task_config(file: str | Path, root: str | Path | None = None) -> tuple[dict,
 
 
 def _data_files(config: dict) -> list[str]:
-    found = (config.get("dataset_kwargs") or {}).get("data_files") or {}
+    kwargs = config.get("dataset_kwargs")
+    found = (kwargs.get("data_files") if isinstance(kwargs, dict) else None) or {}
     out: list[str] = []
     for value in (found.values() if isinstance(found, dict) else [found]):
         for path in (value if isinstance(value, list) else [value]):
@@ -374,6 +375,9 @@ def _check_local(file: Path, root: Path) -> None:
         raise StudbookError(f"dataset '{dataset}' is not local data: evaluation is offline and reads "
                             f"only tracked files (`dataset_path: {' | '.join(LOCAL_BUILDERS)}` with "
                             "`dataset_kwargs.data_files`)", file=str(file), key="dataset_path")
+    if not isinstance(config.get("dataset_kwargs", {}), dict):
+        raise StudbookError("`dataset_kwargs` is a mapping (its `data_files` name the local data)",
+                            file=str(file), key="dataset_kwargs")
     if not _data_files(config):
         raise StudbookError(f"`dataset_path: {dataset}` needs `dataset_kwargs.data_files` "
                             "(the local data, a DVC dependency)", file=str(file), key="dataset_kwargs")

@@ -232,6 +232,9 @@ def check_declared_deps(resolved: ResolvedRecipe) -> None:
     rewritten by `studbook refresh`; here, at run time, only the recipe's own choices.
     """
     dvc_yaml = GenerationPaths(resolved.recipe.name).dvc_yaml
+    lock = dvc_yaml.with_name("dvc.lock")
+    if lock.is_file():  # DVC parses it with a permissive loader: a bomb there stops dvc itself
+        load_yaml(lock)
     if not dvc_yaml.is_file():
         return
     declared = set()

@@ -55,9 +55,9 @@ class TargetSpec(Strict):
 class TrainSpec(Strict):
     """conf/train/*.yaml: a bounded training budget."""
 
-    steps: int = Field(ge=0, description="optimizer steps; the primary budget")
-    batch_size: int = Field(gt=0, description="sequences per step")
-    lr: float = Field(gt=0, description="peak AdamW learning rate")
+    steps: int = Field(ge=0, le=10**9, description="optimizer steps; the primary budget")
+    batch_size: int = Field(gt=0, le=1 << 20, description="sequences per step")
+    lr: float = Field(gt=0, le=10, description="peak AdamW learning rate")
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="cosine floor, x peak")
     warmup_steps: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
