@@ -319,20 +319,31 @@ def test_contract_mismatch_fails_before_any_weight_is_written(studbook, case):
     assert not list(Path(f"generations/{name}").glob(".bred.tmp-*"))  # no scratch left behind
 
 
-def test_a_child_under_another_contract_than_its_parent_is_refused_at_propose(studbook):
+def test_a_child_whose_contract_gates_on_tasks_its_parent_was_never_scored_on_is_refused(studbook):
     plant("g1")
-    _llama_only_contract()
+    text = Path("conf/contract/stdlib_pico.yaml").read_text()
+    Path("conf/contract/other.yaml").write_text(text.replace(
+        "  - {task: stdlib_bpb_tests, metric: bits_per_byte, niche: tests}\n",
+        "  - {task: stdlib_bpb_tests, metric: bits_per_byte, niche: tests}\n"
+        "  - {task: stdlib_bpb_concurrency, metric: bits_per_byte, niche: concurrency}\n").replace(
+        "tasks: [stdlib_bpb_general, stdlib_bpb_tests]", "tasks: [stdlib_bpb_general, stdlib_bpb_concurrency]"))
     before = {str(p): p.read_bytes() for p in Path(".").rglob("*") if p.is_file()}
     with pytest.raises(StudbookError) as info:
-        propose("m", "lora", ["g1"], 0, {**PICO, "contract": "llama_only"})
-    assert "parent 'g1' was bred under contract 'stdlib_pico', this generation under 'llama_only'" \
-        in str(info.value)
-    assert (info.value.file, info.value.key) == ("generations/m/recipe.yaml", "defaults.contract")
+        propose("m", "lora", ["g1"], 0, {**PICO, "contract": "other"})
+    assert "parent 'g1' was bred under contract 'stdlib_pico', which does not evaluate " \
+        "'stdlib_bpb_concurrency'" in str(info.value)
+    assert (info.value.file, info.value.key) == ("conf/contract/other.yaml", "primary.tasks[1]")
     assert {str(p): p.read_bytes() for p in Path(".").rglob("*") if p.is_file()} == before
 
 
 def test_parents_auto_ranks_promoted_compatible_members(studbook):
+    """The ranking rule, on hand-written cards taken as verified (verification against
+    the evidence is tested in test_hostile_verification, on a bred member)."""
     from studbook.repository.population import select_parents
+    from studbook.repository.verification import Verification
+
+    def verified(card):
+        return Verification(card["name"], "verified")
 
     cards = Path("cards")
 
@@ -346,12 +357,12 @@ def test_parents_auto_ranks_promoted_compatible_members(studbook):
     card("worse-but-rejected", "rejected", 4.0)
     card("ad", "promoted", 4.5, kind="adapter")
     card("alien", "promoted", 3.0, arch="mamba")
-    chosen, selection = select_parents("ties", "stdlib_pico")
+    chosen, selection = select_parents("ties", "stdlib_pico", verify=verified)
     assert chosen == ["ad", "best"]  # ties takes a base + one model; adapters allowed
     reasons = {c["name"]: c["excluded"] for c in selection["candidates"]}
     assert reasons["worse-but-rejected"] == "verdict rejected"
     assert reasons["alien"] == "architecture mamba not accepted"
-    chosen, selection = select_parents("lora", "stdlib_pico")
+    chosen, selection = select_parents("lora", "stdlib_pico", verify=verified)
     assert chosen == ["best"] and "takes model" in {c["name"]: c["excluded"] for c in
                                                    selection["candidates"]}["ad"]
     assert "ranked by mean bits_per_byte" in selection["rule"]

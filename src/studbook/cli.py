@@ -143,12 +143,13 @@ def methods() -> None:
 
 @app.command()
 def population(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """Every member, promoted or rejected, with its contract scores and cost."""
+    """Every member, promoted or rejected, with its contract scores, cost and whether its card
+    agrees with its evidence here (★: the best verified promoted member of its contract)."""
     from studbook.core.errors import StudbookError
-    from studbook.repository.population import members, row
+    from studbook.repository.population import table as population_table
 
     try:
-        rows = [row(m) for m in members()]
+        rows = population_table()
     except StudbookError as exc:  # a card that is not what a card may be: named, not rendered
         _fail(exc)
     if as_json:
@@ -157,16 +158,26 @@ def population(as_json: bool = typer.Option(False, "--json", help="machine-reada
     from rich.console import Console
     from rich.table import Table
 
+    from studbook.core.escaping import rich_text as esc
+
     table = Table(title="population")
     for column in ("member", "kind", "method", "parents", "contract", "bits/byte", "net gain",
-                   "verdict", "parameters", "tokens", "FLOPs", "seconds"):
+                   "verdict", "evidence", "parameters", "tokens", "FLOPs", "seconds"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["name"], r["kind"], r["method"], ", ".join(r["parents"]), r["contract"],
-                      f"{r['primary']:.4f}", f"{r['net_gain']:+.4f}", r["verdict"],
-                      f"{r['parameters']:,}", f"{r['tokens']:,}", f"{r['flops']:.3g}",
-                      f"{r['seconds']:.0f}")
-    Console(width=180).print(table)
+        check = r["verification"]
+        evidence = {"verified": "verified", "unverified": "[dim]unverified[/]"}.get(
+            check["status"], f"[bold red]TAMPERED[/] {esc(check['field'])}")
+        table.add_row(("★ " if r["best"] else "") + esc(r["name"]), esc(r["kind"]), esc(r["method"]),
+                      esc(", ".join(r["parents"])), esc(r["contract"]), f"{r['primary']:.4f}",
+                      f"{r['net_gain']:+.4f}", esc(r["verdict"]), evidence, f"{r['parameters']:,}",
+                      f"{r['tokens']:,}", f"{r['flops']:.3g}", f"{r['seconds']:.0f}")
+    Console(width=200).print(table)
+    for r in rows:
+        if r["verification"]["status"] == "tampered":
+            Console(width=200, stderr=True).print(
+                f"[bold red]tampered[/]: cards/{esc(r['name'])}.json disagrees with its evidence: "
+                f"{esc(r['verification']['summary'].removeprefix('tampered: '))}")
 
 
 @app.command()
@@ -211,7 +222,8 @@ def card_diff(
     head: str = typer.Argument("HEAD", help="head revision (e.g. a pull request's branch)"),
     output: str = typer.Option("", "--output", "-o", help="also write the Markdown report here"),
 ) -> None:
-    """Markdown report of cards added or changed between two revisions; exit 1 on a guarded regression."""
+    """Markdown report of cards added or changed between two revisions; exit 1 on a guarded
+    regression, or when HEAD's card disagrees with its evidence here (tampered)."""
     from pathlib import Path
 
     from studbook.core.errors import StudbookError
@@ -239,11 +251,13 @@ def negatives(as_json: bool = typer.Option(False, "--json", help="machine-readab
     if as_json:
         typer.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
+    from studbook.core.escaping import terminal
+
     if not rows:
         typer.echo("no rejected members")
     for r in rows:
-        typer.echo(f"{r['name']} ({r['method']} from {', '.join(r['parents'])}): net gain "
-                   f"{r['net_gain']:+.4f} vs {r['reference_parent']} — {'; '.join(r['reasons'])}")
+        typer.echo(terminal(f"{r['name']} ({r['method']} from {', '.join(r['parents'])}): net gain "
+                            f"{r['net_gain']:+.4f} vs {r['reference_parent']} — {'; '.join(r['reasons'])}"))
 
 
 @app.command()
@@ -258,7 +272,9 @@ def show(name: str = typer.Argument(..., help="member name")) -> None:
         member(name)
     except StudbookError as exc:
         _fail(exc)
-    sys.stdout.write(Path("cards", f"{name}.md").read_text(encoding="utf-8"))
+    from studbook.core.escaping import terminal_lines
+
+    sys.stdout.write(terminal_lines(Path("cards", f"{name}.md").read_text(encoding="utf-8")))
 
 
 @app.command()

@@ -161,19 +161,17 @@ def _to_yaml(data: Any):
     return Markup(yaml.safe_dump(data, sort_keys=True, allow_unicode=True, width=100).rstrip("\n"))
 
 
-_MARKDOWN = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]",
-                           "<": "&lt;", ">": "&gt;", "\n": " ", "\r": " "})
-
-
 def markdown_text(value: Any) -> Any:
-    """Every value a card interpolates, as inert Markdown text: no HTML (`<img onerror>`),
-    no link or image (`[x](javascript:…)`), no table cell break (`|`), no code span break,
-    one line. Plain names and numbers are unchanged, so ordinary cards keep their bytes."""
+    """Every value a card interpolates, as inert Markdown text (`core.escaping.markdown`:
+    no HTML, no link, no table-cell break, one line); the YAML front matter (Markup) and
+    numbers pass as they are. Plain names are unchanged, so ordinary cards keep their bytes."""
     from markupsafe import Markup
+
+    from studbook.core.escaping import markdown
 
     if isinstance(value, Markup) or not isinstance(value, str):
         return value
-    return value.translate(_MARKDOWN)
+    return markdown(value)
 
 
 def render_card(context: dict[str, Any], template: str | None = None) -> str:

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from studbook.core.config import load_yaml
 from studbook.core.errors import StudbookError
 
 

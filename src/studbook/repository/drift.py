@@ -98,4 +98,6 @@ def render(reports: list[dict]) -> str:
                 lines.append(f"  {m['what']}: card {str(m['card'])[:12]}…, re-bred {str(m['disk'])[:12]}…")
         lines.append(f"  numerics on the card: {r['card_numerics']}")
         lines.append(f"  numerics re-bred:     {r['disk_numerics']}")
-    return "\n".join(lines) + "\n"
+    from studbook.core.escaping import terminal
+
+    return "\n".join(terminal(line) for line in lines) + "\n"  # card fields: untrusted

@@ -110,10 +110,7 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
         found = resolve_parent(parent, conf_dir)
         kind = found.kind
         if found.contract != resolved.contract_name:
-            raise StudbookError(f"parent '{parent}' was bred under contract '{found.contract}', this "
-                                f"generation under '{resolved.contract_name}': the gate compares child "
-                                "and parent item by item on one contract's benchmarks",
-                                file=resolved.recipe_file, key="defaults.contract")
+            _check_other_contract(resolved, found, conf_dir)
         if kind not in method.parent_kinds:
             raise StudbookError(f"method '{method.name}' takes {' or '.join(method.parent_kinds)} "
                                 f"parents, but '{parent}' is an {kind}",
@@ -158,6 +155,30 @@ def load_generation(name: str, conf_dir: str | Path = "conf", check_deps: bool =
     if check_deps:
         check_declared_deps(resolved)
     return resolved
+
+
+def _check_other_contract(resolved: ResolvedRecipe, parent, conf_dir: str | Path) -> None:
+    """A parent bred under another contract was evaluated on that contract's tasks only.
+    The gate compares child and parent item by item on the primary and guarded tasks, and
+    replay reads the parent's mining items: each must be among the tasks the parent's own
+    contract evaluates, or the child would fail after training."""
+    from studbook.core.config import validate
+    from studbook.repository.recipes import Contract
+
+    file = Path(conf_dir) / "contract" / f"{parent.contract}.yaml"
+    theirs = validate(Contract, load_yaml(file), file=str(file))
+    evaluated = {b.task for b in theirs.benchmarks} | set(theirs.harvest.tasks if theirs.harvest else [])
+    mine, where = resolved.recipe.contract, resolved.group_files["contract"]
+    needed = [(task, f"primary.tasks[{i}]") for i, task in enumerate(mine.primary.tasks)]
+    needed += [(g.task, f"guarded[{i}].task") for i, g in enumerate(mine.guarded)]
+    if resolved.recipe.data.replay and mine.harvest:
+        needed += [(task, f"harvest.tasks[{i}]") for i, task in enumerate(mine.harvest.tasks)]
+    for task, key in needed:
+        if task not in evaluated:
+            raise StudbookError(f"parent '{parent.name}' was bred under contract '{parent.contract}', "
+                                f"which does not evaluate '{task}': the child is compared with its "
+                                "parents item by item on it (breed the child under the parent's "
+                                "contract, or add the task to it)", file=where, key=key)
 
 
 def check_acyclic(name: str) -> None:

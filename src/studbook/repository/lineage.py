@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from studbook.core.errors import StudbookError
+from studbook.repository.card_files import REFERENCE
+from studbook.core.escaping import mermaid_id, mermaid_label, terminal
+
+MISSING = "no card (not bred or card missing)"  # how a parent no card matches is shown
 
 
 @dataclass
@@ -37,7 +41,13 @@ class Member:
     @property
     def parent_names(self) -> list[str]:
         """Parents that are members (by content hash, or by name when the parent drifted)."""
-        return [p["name"] for p in self.parents if p.get("sha256") and not p.get("missing")]
+        return [p["name"] for p in self.parents if p.get("edge")]
+
+    @property
+    def missing_parents(self) -> list[dict]:
+        """Parents the card names that no card matches (never bred here, or card deleted):
+        shown as nodes of their own, never silently dropped."""
+        return [p for p in self.parents if p.get("missing")]
 
 
 def _member(card: dict) -> Member:
@@ -137,16 +147,17 @@ def from_cards(cards: list[dict]) -> dict[str, Member]:
     by_sha = {m.sha256: m.name for m in members.values()}
     for member in members.values():
         for parent in member.parents:
-            if parent.get("sha256"):
-                owner = by_sha.get(parent["sha256"])
-                if owner is None and parent["name"] in members and parent["name"] != member.name:
-                    owner = parent["name"]  # re-bred with other weights since: same member, drifted
-                    parent["drifted"] = True
-                if owner is not None:
-                    parent["name"] = owner  # identity is content: follow the hash
-                    members[owner].children.append(member.name)
-                else:
-                    parent["missing"] = True
+            if not parent.get("sha256") and parent["name"] == REFERENCE:
+                continue  # a founder's know-nothing reference: not a member, not missing
+            owner = by_sha.get(parent["sha256"]) if parent.get("sha256") else None
+            if owner is None and parent["name"] in members and parent["name"] != member.name:
+                owner = parent["name"]  # re-bred with other weights since: same member, drifted
+                parent["drifted"] = True
+            if owner is not None:
+                parent["name"], parent["edge"] = owner, True  # identity is content: follow the hash
+                members[owner].children.append(member.name)
+            else:
+                parent["missing"] = True
     return members
 
 
@@ -199,69 +210,117 @@ def _line(member: Member) -> str:
         if member.arrived["merge"]:
             where += f" via {member.arrived['merge']['commit'][:8]} ({member.arrived['merge']['subject']})"
     mark = "" if member.verdict == "promoted" else " ✗"
-    return (f"{member.name}{mark} [{member.kind}, {member.method}, {member.verdict}] "
-            f"{member.primary:.4f} bits/byte, net gain {member.net_gain:+.4f}, "
-            f"{member.flops:.3g} FLOP{where}")
+    return terminal(f"{member.name}{mark} [{member.kind}, {member.method}, {member.verdict}] "
+                    f"{member.primary:.4f} bits/byte, net gain {member.net_gain:+.4f}, "
+                    f"{member.flops:.3g} FLOP{where}")
+
+
+def _missing_line(name: str, sha256: str | None) -> str:
+    pinned = f", weights {sha256[:12]}…" if sha256 else ""
+    return terminal(f"{name} [{MISSING}{pinned}]")
+
+
+def missing_parents(members: dict[str, Member], names: list[str]) -> dict[str, dict]:
+    """Parent name -> {"sha256", "children"} for every parent that the members in `names`
+    name but no card matches, in order of first mention."""
+    found: dict[str, dict] = {}
+    for name in names:
+        for parent in members[name].missing_parents:
+            entry = found.setdefault(parent["name"], {"sha256": parent.get("sha256"), "children": []})
+            entry["children"].append(name)
+    return found
+
+
+def _tree_parent(member: Member, chosen: set[str]) -> tuple[str, bool] | None:
+    """Where a member hangs in the text tree: under its first parent shown, else under its
+    first missing parent's placeholder (name, True), else at the top (None)."""
+    shown = [p for p in member.parent_names if p in chosen]
+    if shown:
+        return shown[0], False
+    return (member.missing_parents[0]["name"], True) if member.missing_parents else None
 
 
 def text_tree(members: dict[str, Member], names: list[str] | None = None) -> str:
-    """Each member under its first parent; other parents named with 'also from'."""
+    """Each member under its first parent; other parents named with 'also from'; a parent
+    without a card is a placeholder line of its own."""
     names = names if names is not None else topological(members)
     chosen = set(names)
     lines: list[str] = []
 
     def walk(name: str, depth: int) -> None:
         member = members[name]
-        others = [p for p in member.parent_names[1:] if p in chosen]
+        others = [terminal(p) for p in member.parent_names if p in chosen]
+        others += [f"{terminal(p['name'])} ({MISSING})" for p in member.missing_parents]
+        others = others[1:] if others and _tree_parent(member, chosen) else others
         suffix = f"  (also from {', '.join(others)})" if others else ""
         lines.append("  " * depth + ("└─ " if depth else "") + _line(member) + suffix)
         for child in sorted(member.children):
-            if child in chosen and members[child].parent_names[:1] == [name]:
+            if child in chosen and _tree_parent(members[child], chosen) == (name, False):
                 walk(child, depth + 1)
 
+    missing = missing_parents(members, names)
     for name in names:
-        first = [p for p in members[name].parent_names if p in chosen][:1]
-        if not first:
+        place = _tree_parent(members[name], chosen)
+        if place is None:
             walk(name, 0)
+        elif place[1] and place[0] in missing:  # the placeholder, then all it holds
+            entry = missing.pop(place[0])
+            lines.append(_missing_line(place[0], entry["sha256"]))
+            for child in entry["children"]:
+                if _tree_parent(members[child], chosen) == (place[0], True):
+                    walk(child, 1)
     return "\n".join(lines) + "\n"
 
 
-def _node_id(name: str) -> str:
-    return "n_" + "".join(c if c.isalnum() else "_" for c in name)
-
-
 def mermaid(members: dict[str, Member], names: list[str] | None = None) -> str:
-    """A Mermaid flowchart (GitHub renders it); rejected members dashed and red."""
+    """A Mermaid flowchart (GitHub renders it); rejected members dashed and red, parents
+    without a card dotted and grey. Every label is escaped (`escaping.mermaid_label`) and
+    no `click` or link statement is ever written: names come from untrusted cards."""
     names = names if names is not None else topological(members)
     chosen = set(names)
     lines = ["```mermaid", "graph TD"]
     for name in names:
         m = members[name]
-        lines.append(f'  {_node_id(name)}["{name}<br/>{m.method} · {m.primary:.4f} bits/byte<br/>'
-                     f'{m.verdict}"]')
+        lines.append(f'  {mermaid_id(name)}["{mermaid_label(name)}<br/>{mermaid_label(m.method)} · '
+                     f'{m.primary:.4f} bits/byte<br/>{mermaid_label(m.verdict)}"]')
+    missing = missing_parents(members, names)
+    for name in missing:
+        lines.append(f'  {mermaid_id(name, "m_")}["{mermaid_label(name)}<br/>{MISSING}"]')
     for name in names:
         for parent in members[name].parent_names:
             if parent in chosen:
-                lines.append(f"  {_node_id(parent)} --> {_node_id(name)}")
-    rejected = [_node_id(n) for n in names if members[n].verdict != "promoted"]
+                lines.append(f"  {mermaid_id(parent)} --> {mermaid_id(name)}")
+    for name, entry in missing.items():
+        lines += [f"  {mermaid_id(name, 'm_')} -.-> {mermaid_id(child)}" for child in entry["children"]]
+    rejected = [mermaid_id(n) for n in names if members[n].verdict != "promoted"]
     lines.append("  classDef rejected stroke:#c00,stroke-dasharray:4 3,color:#900")
     if rejected:
         lines.append(f"  class {','.join(rejected)} rejected")
+    if missing:
+        lines.append("  classDef missing stroke:#888,stroke-dasharray:2 2,color:#666")
+        lines.append(f"  class {','.join(mermaid_id(n, 'm_') for n in missing)} missing")
     lines.append("```")
     return "\n".join(lines) + "\n"
 
 
 def as_json(members: dict[str, Member], names: list[str] | None = None) -> dict:
+    """Nodes and edges; a parent without a card is a node `{"missing": true, "note": …}`
+    and its edges carry `"missing": true`."""
     names = names if names is not None else topological(members)
     chosen = set(names)
+    missing = missing_parents(members, names)
     return {
         "nodes": [{"name": n, "sha256": members[n].sha256, "kind": members[n].kind,
                    "method": members[n].method, "verdict": members[n].verdict,
                    "primary": members[n].primary, "net_gain": members[n].net_gain,
                    "tokens": members[n].tokens, "flops": members[n].flops,
-                   "arrived": members[n].arrived} for n in names],
+                   "arrived": members[n].arrived} for n in names]
+                 + [{"name": p, "sha256": e["sha256"], "missing": True, "note": MISSING}
+                    for p, e in missing.items()],
         "edges": [{"parent": p, "child": n, "sha256": members[p].sha256}
-                  for n in names for p in members[n].parent_names if p in chosen],
+                  for n in names for p in members[n].parent_names if p in chosen]
+                 + [{"parent": p, "child": c, "sha256": e["sha256"], "missing": True}
+                    for p, e in missing.items() for c in e["children"]],
     }
 
 

@@ -28,7 +28,9 @@ def member(name: str, cards_dir: str | Path = "cards") -> dict:
     return parse_card(file.read_bytes(), file=file.as_posix())
 
 
-def row(m: dict) -> dict:
+def row(m: dict, verification=None) -> dict:
+    """One member's line; `verification` (repository.verification) says whether its
+    figures were checked against its evidence here."""
     scores = {b["task"]: b["value"] for b in m["benchmarks"]}
     return {
         "name": m["name"], "kind": m["kind"], "method": m["method"], "verdict": m["verdict"],
@@ -38,15 +40,39 @@ def row(m: dict) -> dict:
         "parameters": m["parameters"], "tokens": m["compute"]["tokens"],
         "flops": m["compute"]["flops"], "contract": m["contract"],
         "seconds": m["compute"]["seconds"], "scores": scores,
+        "verification": None if verification is None else verification.as_dict(),
     }
 
 
+def table(cards_dir: str | Path = "cards") -> list[dict]:
+    """Every member's row, verified against its evidence; `best` marks, per contract, the
+    promoted member with the best primary score among those whose card was verified — a
+    card that disagrees with its evidence, or whose evidence is not here, is never best."""
+    from studbook.repository.verification import verify_cards
+
+    cards = members(cards_dir)
+    checked = verify_cards(cards)
+    rows = [row(m, checked[m["name"]]) for m in cards]
+    best: dict[str, tuple[float, str]] = {}
+    for m, r in zip(cards, rows):
+        if r["verdict"] == "promoted" and checked[m["name"]].status == "verified":
+            sign = -1 if m["primary"].get("direction") == "higher" else 1
+            key = (sign * m["primary"]["child"], m["name"])
+            best[m["contract"]] = min(best.get(m["contract"], key), key)
+    for r in rows:
+        r["best"] = best.get(r["contract"], (None, None))[1] == r["name"]
+    return rows
+
+
 def select_parents(method_name: str, contract_name: str, cards_dir: str | Path = "cards",
-                   conf_dir: str | Path = "conf") -> tuple[list[str], dict]:
+                   conf_dir: str | Path = "conf", verify=None) -> tuple[list[str], dict]:
     """Parents for `--parents auto`: promoted, compatible members ranked by the contract.
 
     A member is a candidate when it was promoted, its card reports every primary task of
-    the contract, its architecture is accepted and it fits the parameter budget. The
+    the contract, its architecture is accepted, it fits the parameter budget and its card
+    agrees with its evidence in this workspace (`verify`, by default
+    `verification.verify_card`: a tampered or unverified card is excluded, with that
+    reason, so a hand-edited score never chooses a parent). The
     ranking is the pooled primary score (mean over the primary tasks); the method's
     minimum number of parents is taken (two for a merge without a base). The returned
     selection, with every candidate and the reason it was or was not chosen, goes
@@ -62,6 +88,10 @@ def select_parents(method_name: str, contract_name: str, cards_dir: str | Path =
     from studbook.evidence.tasks import check_contract
 
     contract = check_contract(contract, str(contract_file))  # the primary metric's direction
+    from studbook.repository.verification import verify_card
+
+    cache: dict = {}  # parents' evaluations, read once
+    verify = verify or (lambda card: verify_card(card, cache))
     wanted = max(1, method.min_parents)
     candidates = []
     for m in members(cards_dir):
@@ -77,6 +107,9 @@ def select_parents(method_name: str, contract_name: str, cards_dir: str | Path =
             reason = "over the parameter budget"
         elif any(t not in scores for t in contract.primary.tasks):
             reason = "not scored on the contract's primary tasks"
+        else:  # only figures measured here are believed: a card may have been edited
+            checked = verify(m)
+            reason = None if checked.status == "verified" else str(checked)
         score = None if reason else sum(scores[t] for t in contract.primary.tasks) / len(contract.primary.tasks)
         candidates.append({"name": m["name"], "score": None if score is None else round(score, 6),
                            "excluded": reason})
@@ -84,8 +117,11 @@ def select_parents(method_name: str, contract_name: str, cards_dir: str | Path =
     ranked = sorted((c for c in candidates if c["excluded"] is None),
                     key=lambda c: (sign * c["score"], c["name"]))
     if len(ranked) < wanted:
+        distrusted = [f"{c['name']} ({c['excluded']})" for c in candidates
+                      if c["excluded"] and c["excluded"].startswith(("tampered", "unverified"))]
         raise StudbookError(f"'{method.name}' needs {wanted} parent(s); the population has "
-                            f"{len(ranked)} compatible promoted member(s) for contract '{contract_name}'",
+                            f"{len(ranked)} compatible promoted member(s) for contract '{contract_name}'"
+                            + (f"; not verified here: {'; '.join(distrusted)}" if distrusted else ""),
                             file=str(contract_file), key="compatibility")
     chosen = [c["name"] for c in ranked[:wanted]]
     selection = {

@@ -4,7 +4,10 @@ Cards are read from git objects (GitPython), never from the working tree, so any
 revisions compare: a branch against main, two tags, a commit and its parent. The report
 is Markdown: regressions beyond a contract's tolerance first, then every added, changed
 and removed member with old value, new value and delta per benchmark, deltas against
-parents, verdicts, and the new members' lineage as a Mermaid snippet.
+parents, verdicts, and the new members' lineage as a Mermaid snippet. A card is untrusted
+input: every value is escaped for Markdown or Mermaid at the output (`escaping`), and when
+the head is the checkout whose evidence is on disk, a card that disagrees with it is named
+as tampered at the top (`verification`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from studbook.core.errors import StudbookError
+from studbook.core.escaping import markdown as md
+from studbook.core.escaping import markdown_code as code
 
 
 def cards_at(rev: str, repo_dir: str = ".") -> dict[str, dict]:
@@ -85,45 +90,78 @@ def compare(base: dict[str, dict], head: dict[str, dict]) -> dict[str, Any]:
 def _fmt(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "—"
+    if not isinstance(value, (int, float)):  # defence in depth: a card's number is untrusted
+        return md(value)
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
-def render(report: dict[str, Any], base_rev: str, head_rev: str, head_cards: dict[str, dict]) -> str:
+def _trust_lines(verifications: dict | None, report: dict[str, Any]) -> list[str]:
+    """The head's cards that disagree with their evidence, first and loud; those whose
+    evidence is not in this workspace, named (what would measure them)."""
+    if not verifications:
+        return []
+    out = []
+    shown = report["added"] + report["changed"]
+    for name in shown:
+        check = verifications.get(name)
+        if check is not None and check.status == "tampered":
+            out += [f"**⛔ TAMPERED: {code(name)} — its card disagrees with its evidence: "
+                    f"{code(check.field)}: card {md(_show(check.card))}, measured "
+                    f"{md(_show(check.measured))}. Its figures below are not to be believed.**", ""]
+    unverified = [n for n in shown if n in verifications and verifications[n].status == "unverified"]
+    if unverified:
+        out += ["Not verified here (evidence not in this workspace): " + "; ".join(
+            f"{code(n)} — {md(verifications[n].note)}" for n in unverified), ""]
+    return out
+
+
+def _show(value: Any) -> str:
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def render(report: dict[str, Any], base_rev: str, head_rev: str, head_cards: dict[str, dict],
+           verifications: dict | None = None) -> str:
+    """The Markdown report. Every value from a card is escaped for Markdown (a plain
+    identifier in a code span, anything else as escaped text) and the lineage for Mermaid:
+    a card is untrusted input. `verifications` (name -> verification.Verification) puts a
+    tampered head card at the top."""
+    title = f"# Card diff {code(base_rev)} → {code(head_rev)}"
     if not (report["added"] or report["changed"] or report["removed"]):
-        return f"# Card diff `{base_rev}` → `{head_rev}`\n\nno changes\n"
-    out = [f"# Card diff `{base_rev}` → `{head_rev}`", ""]
+        return f"{title}\n\nno changes\n"
+    out = [title, "", *_trust_lines(verifications, report)]
     if report["regressions"]:
         out += [f"**⚠ {len(report['regressions'])} guarded regression(s) beyond tolerance**", ""]
         out += ["| member | benchmark | metric | change | tolerance | against |",
                 "|---|---|---|---:|---:|---|"]
-        out += [f"| {r['member']} | {r['task']} | {r['metric']} | {_fmt(r['change'], True)} | "
-                f"{_fmt(r['tolerance'])} | {r['against']} |" for r in report["regressions"]]
+        out += [f"| {md(r['member'])} | {md(r['task'])} | {md(r['metric'])} | {_fmt(r['change'], True)} | "
+                f"{_fmt(r['tolerance'])} | {md(r['against'])} |" for r in report["regressions"]]
     else:
         out.append("No guarded regression beyond the contracts' tolerances.")
     out += ["", f"{len(report['added'])} added, {len(report['changed'])} changed, "
             f"{len(report['removed'])} removed.", ""]
     for entry in report["entries"]:
         card = entry["card"]
-        parents = ", ".join(p["name"] for p in card["parents"])
-        verdict = card["verdict"] if entry["status"] == "added" else \
-            f"{entry['old_card']['verdict']} → {card['verdict']}"
-        out += [f"## {entry['status']}: `{entry['name']}` — {verdict}", "",
-                f"{card['kind']} bred by `{card['method']}` from {parents}; primary "
-                f"{card['primary']['metric']} {_fmt(card['primary']['child'])}, net gain "
-                f"{_fmt(card['primary']['net_gain']['mean'], True)} over `{card['reference_parent']}`.", ""]
+        parents = ", ".join(md(p["name"]) for p in card["parents"])
+        verdict = md(card["verdict"]) if entry["status"] == "added" else \
+            f"{md(entry['old_card']['verdict'])} → {md(card['verdict'])}"
+        out += [f"## {entry['status']}: {code(entry['name'])} — {verdict}", "",
+                f"{md(card['kind'])} bred by {code(card['method'])} from {parents}; primary "
+                f"{md(card['primary']['metric'])} {_fmt(card['primary']['child'])}, net gain "
+                f"{_fmt(card['primary']['net_gain']['mean'], True)} over "
+                f"{code(card['reference_parent'])}.", ""]
         parent_names = [p["parent"] for p in entry["rows"][0]["parents"]] if entry["rows"] else []
         added = entry["status"] == "added"  # no old value: value and deltas vs parents only
         head = "| benchmark | metric | " + ("value | " if added else "old | new | Δ | ")
-        out.append(head + "".join(f"Δ vs {p} | " for p in parent_names))
+        out.append(head + "".join(f"Δ vs {md(p)} | " for p in parent_names))
         out.append("|---|---|" + ("---:|" if added else "---:|---:|---:|") + "---:|" * len(parent_names))
         for row in entry["rows"]:
             against = "".join(f"{_fmt(p['delta'], True)} | " for p in row["parents"])
             values = f"{_fmt(row['new'])} | " if added else \
                 f"{_fmt(row['old'])} | {_fmt(row['new'])} | {_fmt(row['delta'], True)} | "
-            out.append(f"| {row['task']} | {row['metric']} | {values}{against}")
+            out.append(f"| {md(row['task'])} | {md(row['metric'])} | {values}{against}")
         out.append("")
     for name in report["removed"]:
-        out += [f"## removed: `{name}`", ""]
+        out += [f"## removed: {code(name)}", ""]
     if report["added"]:
         from studbook.repository.lineage import from_cards, mermaid, related, topological
 
@@ -137,7 +175,23 @@ def render(report: dict[str, Any], base_rev: str, head_rev: str, head_cards: dic
 
 
 def card_diff(base_rev: str, head_rev: str = "HEAD", repo_dir: str = ".") -> tuple[str, int]:
-    """The Markdown report and the exit status (1 when a guarded benchmark regresses)."""
+    """The Markdown report and the exit status: 1 when a guarded benchmark regresses, or
+    when a card added or changed in the head disagrees with its evidence.
+
+    The head's cards are verified (`repository.verification`) when the head is HEAD in this
+    working directory — the checkout whose evidence (per-item evaluations, weights) is on
+    disk, as in CI after breeding the pull request; any other revision's cards are
+    compared as committed.
+    """
+    from pathlib import Path
+
     base, head = cards_at(base_rev, repo_dir), cards_at(head_rev, repo_dir)
     report = compare(base, head)
-    return render(report, base_rev, head_rev, head), 1 if report["regressions"] else 0
+    verifications = None
+    if head_rev == "HEAD" and Path(repo_dir).resolve() == Path.cwd().resolve():
+        from studbook.repository.verification import verify_cards
+
+        verifications = verify_cards([head[n] for n in report["added"] + report["changed"]])
+    tampered = any(v.status == "tampered" for v in (verifications or {}).values())
+    status = 1 if report["regressions"] or tampered else 0
+    return render(report, base_rev, head_rev, head, verifications), status
