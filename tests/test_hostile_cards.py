@@ -93,3 +93,22 @@ def test_a_card_bomb_is_refused_at_once(repo):
     done = run([PY, "-m", "studbook.cli", "population"], repo, check=False, timeout=60)
     assert done.returncode == 2 and "larger than a card may be" in done.stderr + done.stdout
     assert time.perf_counter() - start < 30
+
+
+@pytest.mark.parametrize("path,value", [
+    (("primary", "child"), "0.1"), (("compute", "flops"), True), (("parameters",), [1]),
+    (("primary", "net_gain", "mean"), {"a": 1}), (("primary",), "best")])
+def test_a_figure_that_is_not_a_number_is_refused_naming_its_key(path, value):
+    from studbook.core.errors import StudbookError
+    from studbook.repository.card_files import parse_card
+
+    card = {"name": "x", "parameters": 1, "primary": {"child": 1.0, "net_gain": {"mean": 0.1}},
+            "compute": {"tokens": 1, "flops": 1.0, "seconds": 1.0}}
+    target = card
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    with pytest.raises(StudbookError) as info:
+        parse_card(json.dumps(card), file="cards/x.json")
+    assert info.value.file == "cards/x.json"
+    assert info.value.key in (".".join(path), ".".join(path[:1]))

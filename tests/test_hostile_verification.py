@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # breeds a pico member with dvc repro (about 80 s)
+
 from conftest import copy_skeleton, git_dvc_init, run
 
 PY = sys.executable

@@ -55,7 +55,28 @@ def parse_card(data: bytes | str, file: str) -> dict:
     if not isinstance(card, dict):
         raise StudbookError("a card is a JSON object", file=file)
     _check_fields(card, file)
+    _check_numbers(card, file)
     return card
+
+
+# figures the population, the lineage and parent selection compute with: numbers, if present
+NUMBERS = (("parameters",), ("total_parameters",), ("primary", "child"), ("primary", "net_gain", "mean"),
+           ("compute", "tokens"), ("compute", "flops"), ("compute", "seconds"))
+
+
+def _check_numbers(card: dict, file: str) -> None:
+    for path in NUMBERS:
+        value: object = card
+        for depth, part in enumerate(path):
+            if not isinstance(value, dict):
+                raise StudbookError("expected an object", file=file, key=".".join(path[:depth]))
+            if part not in value:
+                value = None
+                break
+            value = value[part]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise StudbookError(f"{value!r} is not a number", file=file, key=".".join(path))
 
 
 def _check_fields(card: dict, file: str) -> None:
