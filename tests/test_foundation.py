@@ -19,6 +19,9 @@ import pytest
 
 from conftest import copy_skeleton, git_dvc_init, run
 
+# a pico population bred with dvc repro, re-bred and drifted: about 200 s, beyond the default budget
+pytestmark = pytest.mark.slow
+
 PY = sys.executable
 PICO = ["--model", "llama_pico", "--contract", "stdlib_pico"]
 STAGES = ("breed", "evaluate", "record")
