@@ -244,10 +244,14 @@ def negatives(as_json: bool = typer.Option(False, "--json", help="machine-readab
     """The archive of rejected children, with why they were rejected."""
     from studbook.repository.population import members
 
+    from studbook.evolve import ledger
+
     rows = [{"name": m["name"], "method": m["method"], "parents": [p["name"] for p in m["parents"]],
              "reference_parent": m["reference_parent"], "reasons": m["reasons"],
-             "net_gain": m["primary"]["net_gain"]["mean"]}
+             "net_gain": m["primary"]["net_gain"]["mean"], "status": "rejected", "search": None}
             for m in members() if m["verdict"] != "promoted"]
+    for search, path in ledger.ledgers().items():  # candidates a search did not promote
+        rows += ledger.negatives(ledger.read_ledger(path), search)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
@@ -256,8 +260,44 @@ def negatives(as_json: bool = typer.Option(False, "--json", help="machine-readab
     if not rows:
         typer.echo("no rejected members")
     for r in rows:
-        typer.echo(terminal(f"{r['name']} ({r['method']} from {', '.join(r['parents'])}): net gain "
-                            f"{r['net_gain']:+.4f} vs {r['reference_parent']} — {'; '.join(r['reasons'])}"))
+        where = f", search {r['search']}, {r['status']}" if r["search"] else ""
+        gain = "no net gain measured" if r["net_gain"] is None else f"net gain {r['net_gain']:+.4f}"
+        typer.echo(terminal(f"{r['name']} ({r['method']} from {', '.join(r['parents'])}{where}): {gain} "
+                            f"vs {r['reference_parent'] or '—'} — {'; '.join(r['reasons']) or 'no reason recorded'}"))
+
+
+@app.command()
+def candidates(search: Optional[str] = typer.Argument(None, help="one search (default: all)"),
+               as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Every candidate of the breeding searches (`searches/*/ledger.jsonl`), kept whatever
+    became of it, and the search's figures."""
+    from studbook.core.errors import StudbookError
+    from studbook.evolve import ledger
+
+    found = ledger.ledgers()
+    if search is not None and search not in found:
+        _fail(StudbookError(f"no search '{search}' (known: {', '.join(found) or 'none'})",
+                            file=f"searches/{search}/ledger.jsonl"))
+    try:
+        chosen = {n: ledger.read_ledger(p) for n, p in found.items() if search in (None, n)}
+    except StudbookError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps({n: {"rows": rows, "summary": ledger.summary(rows)} for n, rows in chosen.items()},
+                              indent=2, sort_keys=True))
+        return
+    from studbook.core.escaping import terminal
+
+    if not chosen:
+        typer.echo("no searches (studbook evolve writes searches/NAME/ledger.jsonl)")
+    for name, rows in chosen.items():
+        typer.echo(f"search {terminal(name)}")
+        for r in rows:
+            gain = (r.get("selection") or {}).get("net_gain")
+            typer.echo(terminal(f"  {r['kind']} {r['trial']:>3} {r.get('name', '')} {r.get('operator') or ''} "
+                                f"{r['status']}" + ("" if gain is None else f" net gain {gain:+.4f}")))
+        for key, value in ledger.summary(rows).items():
+            typer.echo(f"  {key}: {value}")
 
 
 @app.command()

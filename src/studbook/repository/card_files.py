@@ -36,22 +36,28 @@ def _pairs(file: str):
 
 def _no_constant(file: str):
     def refuse(name: str):
-        raise StudbookError(f"{name} is not a number a card may hold", file=file)
+        raise StudbookError(f"{name} is not a number studbook accepts", file=file)
     return refuse
+
+
+def load_json(data: bytes | str, file: str, limit: int = MAX_CARD_BYTES, what: str = "card"):
+    """Untrusted JSON (a card twin, a ledger line): bounded, no duplicate key, no NaN or
+    Infinity; errors name `file`."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if len(raw) > limit:
+        raise StudbookError(f"{len(raw):,} bytes: larger than a {what} may be ({limit:,})", file=file)
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs(file),
+                          parse_constant=_no_constant(file))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudbookError(f"malformed {what} JSON: {exc}", file=file) from None
+    except RecursionError:
+        raise StudbookError(f"malformed {what} JSON: nested too deeply", file=file) from None
 
 
 def parse_card(data: bytes | str, file: str) -> dict:
     """A card twin's JSON, checked; `file` is what errors name (a path, or REV:path)."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    if len(raw) > MAX_CARD_BYTES:
-        raise StudbookError(f"{len(raw):,} bytes: larger than a card may be ({MAX_CARD_BYTES:,})", file=file)
-    try:
-        card = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs(file),
-                          parse_constant=_no_constant(file))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StudbookError(f"malformed card JSON: {exc}", file=file) from None
-    except RecursionError:
-        raise StudbookError("malformed card JSON: nested too deeply", file=file) from None
+    card = load_json(data, file)
     if not isinstance(card, dict):
         raise StudbookError("a card is a JSON object", file=file)
     _check_fields(card, file)
