@@ -6,11 +6,14 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import run
 
 PY = sys.executable
 
 
+@pytest.mark.slow  # breeds a founder in a new repository (~40 s; the default run breeds elsewhere)
 def test_init_then_readme_command_breeds_a_founder(tmp_path, monkeypatch):
     target = tmp_path / "team-studbook"
     for key, value in {"GIT_AUTHOR_NAME": "team", "GIT_AUTHOR_EMAIL": "team@studbook.invalid",
