@@ -77,10 +77,14 @@ def test_a_task_file_cannot_run_unreviewed_code(hostile, files, key, words):
     for path, text in files.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
-    first = next(iter(files))
+    from studbook.evidence.tasks import resolved_task
+
     before = {p: Path(p).read_bytes() for p in files}
-    error = refused("tasks/evil.yaml" if key is not None or "tasks/evil.yaml" in files else first, key, words)
-    assert error.file.startswith("tasks/")
+    refused("tasks/evil.yaml", key, words)
+    # evaluation resolves its tasks the same way, so lm-eval is never handed the file
+    with pytest.raises(StudbookError) as info:
+        resolved_task(["tasks"], "evil")
+    assert info.value.file == "tasks/evil.yaml" and words in str(info.value)
     assert not hostile.exists()  # the payload never ran
     assert {p: Path(p).read_bytes() for p in files} == before  # nothing changed
 

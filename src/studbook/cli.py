@@ -248,7 +248,7 @@ def negatives(as_json: bool = typer.Option(False, "--json", help="machine-readab
 
     rows = [{"name": m["name"], "method": m["method"], "parents": [p["name"] for p in m["parents"]],
              "reference_parent": m["reference_parent"], "reasons": m["reasons"],
-             "net_gain": m["primary"]["net_gain"]["mean"], "status": "rejected", "search": None}
+             "net_gain": m["primary"]["net_gain"]["mean"], "status": m["verdict"], "search": None}
             for m in members() if m["verdict"] != "promoted"]
     for search, path in ledger.ledgers().items():  # candidates a search did not promote
         rows += ledger.negatives(ledger.read_ledger(path), search)
