@@ -120,6 +120,7 @@ def card_context(meta: dict, results: dict, verdict: dict, contract,
         "retention": retained or None, "hard_examples": evidence.get("hard_examples"),
         "target": meta["compute"].get("target"), "compounding": evidence.get("compounding"),
         "numerics": meta.get("numerics"),
+        **({"selection": verdict["selection"]} if "selection" in verdict else {}),  # a search's
         "front_matter": front,
     }
 

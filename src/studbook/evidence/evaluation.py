@@ -34,10 +34,27 @@ def _item_scores(sample: dict) -> dict[str, float]:
     return scores
 
 
+def _chosen_documents(configs: list[dict], manager, tasks: list[str], limit: int | None,
+                      keep) -> dict[str, list[int]]:
+    """Document indices of the items `keep` chooses among each task's first `limit` items
+    (lm-eval's `samples` and `limit` exclude each other, so the limit is applied here)."""
+    from lm_eval.tasks import get_task_dict
+
+    built = get_task_dict(configs, manager)
+    chosen: dict[str, list[int]] = {}
+    for task in tasks:
+        docs = list(built[task].eval_docs)[:limit]
+        ids = [doc.get("id", str(index)) for index, doc in enumerate(docs)]
+        wanted = set(keep(task, ids))
+        chosen[task] = [index for index, item in enumerate(ids) if item in wanted]
+    return chosen
+
+
 def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir, spec,
-                   context_length: int) -> dict:
+                   context_length: int, keep=None) -> dict:
     """Run lm-eval on `tasks` (found under the folder or folders `task_dir`); return results
-    plus per-item scores, all plain data."""
+    plus per-item scores, all plain data. `keep(task, ids) -> ids`, when given, chooses the
+    items scored (a search's selection items): lm-eval's `samples`, by document index."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -74,8 +91,10 @@ def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir, spec,
     lm_eval.utils.env = sandbox()
     configs = [resolved_task(task_dir, task) for task in tasks]
     manager = TaskManager(include_path=None, include_defaults=False)
+    samples = None if keep is None else _chosen_documents(configs, manager, tasks, spec.limit, keep)
     raw = simple_evaluate(
-        model=lm, tasks=configs, task_manager=manager, limit=spec.limit,
+        model=lm, tasks=configs, task_manager=manager,
+        limit=spec.limit if samples is None else None, samples=samples,
         log_samples=True, bootstrap_iters=0, cache_requests=False,
         random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
         fewshot_random_seed=spec.seed,

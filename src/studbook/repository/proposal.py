@@ -46,6 +46,7 @@ def render_recipe(name: str, method: str, parents: list[str], seed: int,
 def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
     """Each stage of the generation: its params files, dependencies and outputs."""
     from studbook.core.codedeps import stage_code
+    from studbook.evidence.selection import evaluated_tasks, in_scope, read_scope, scope_file, selection_file
     from studbook.evidence.tasks import task_files, task_sources
     from studbook.operators import methods
 
@@ -55,7 +56,9 @@ def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
     contract = resolved.contract_name
     groups = resolved.group_files
     artifact = str(paths.artifact(resolved.kind))
-    harvest = recipe.contract.harvest
+    scope = read_scope(recipe.name)  # a search's candidate is scored on its selection items
+    scoped = [str(scope_file(recipe.name))] if scope else []
+    harvest = in_scope(recipe.contract, scope).harvest
 
     folders = recipe.contract.task_folders
 
@@ -69,7 +72,7 @@ def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
     parent_evals = [str(p.eval_dir) for p in parents]
     # a parent leaves hard examples for the contract it was bred under: only same-contract ones
     parent_hard = [str(GenerationPaths(p.name).hard_examples(contract)) for p in parents
-                   if harvest and compose_recipe(GenerationPaths(p.name).recipe).contract_name == contract]
+                   if recipe.contract.harvest and compose_recipe(GenerationPaths(p.name).recipe).contract_name == contract]
     # every stage resolves the generation, which imports its method's files: all three run them
     operator = methods.code_modules(recipe.method)
     breed = [*stage_code(root, "breed", operator), groups["contract"],
@@ -82,18 +85,20 @@ def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
             breed += parent_hard
     if recipe.train.target is not None:
         breed += tasks_deps([recipe.train.target.task], recipe.contract.task_folders)  # the stopping rule's task
-    benchmark_tasks = [b.task for b in recipe.contract.benchmarks] + (harvest.tasks if harvest else [])
+    benchmark_tasks = evaluated_tasks(recipe.contract, scope)
     evaluate = [*stage_code(root, "evaluate", operator), str(paths.recipe), groups["contract"], groups["model"],
                 artifact, *(parent_artifacts if resolved.kind == "adapter" else []),
                 *tasks_deps(benchmark_tasks)]
     record = [*stage_code(root, "record", operator), str(paths.recipe), *(groups[g] for g in ("contract", "model",
-              "train", "data")), artifact, str(paths.eval), *parent_evals, *parent_hard]
+              "train", "data")), artifact, str(paths.eval), *parent_evals, *(parent_hard if harvest else [])]
     if harvest:
         for task in harvest.tasks:  # harvest reads the mining items themselves
             record += [f for f in task_sources(folders, task)[1] if f not in record]
     if recipe.compounding:
         reference = GenerationPaths(recipe.compounding.scratch)
         record.append(str(reference.artifact("model")))
+    if selection_file(recipe.name).is_file():  # a search's finalist: the noise run's scores
+        record.append(str(selection_file(recipe.name)))
     record_outs = [str(paths.verdict)]
     if harvest:
         record_outs += [str(paths.hard_examples(contract)), str(paths.hard_examples_task(contract))]
@@ -101,9 +106,9 @@ def stage_plan(resolved: ResolvedRecipe, root: str | Path = ".") -> list[dict]:
     return [
         {"name": "breed", "params": [str(paths.recipe), *(groups[g] for g in ("model", "train", "data"))],
          "deps": breed, "outs": [artifact, str(paths.live)]},
-        {"name": "evaluate", "params": [], "deps": evaluate, "outs": [str(paths.eval)],
+        {"name": "evaluate", "params": scoped, "deps": evaluate, "outs": [str(paths.eval)],
          "metrics": [str(paths.metrics)]},
-        {"name": "record", "params": [], "deps": record, "outs": record_outs},
+        {"name": "record", "params": scoped, "deps": record, "outs": record_outs},
     ]
 
 
@@ -124,8 +129,9 @@ def render_dvc_yaml(resolved: ResolvedRecipe, root: str | Path = ".") -> str:
 def propose(name: str, method: str, parents: list[str], seed: int, choices: dict[str, str],
             conf_dir: str | Path = "conf", refresh: bool = False, parameters: dict | None = None,
             selection: dict | None = None, overrides: dict | None = None,
-            compounding: dict | None = None) -> ResolvedRecipe:
-    """Write generations/NAME/{recipe.yaml,dvc.yaml}; nothing is written on bad input."""
+            compounding: dict | None = None, scope: dict | None = None) -> ResolvedRecipe:
+    """Write generations/NAME/{recipe.yaml,dvc.yaml} (and `scope.yaml`, for a search's
+    candidate: `evidence.selection.Scope`); nothing is written on bad input."""
     if not NAME_RE.match(name):
         raise StudbookError(f"'{name}' is not a valid generation name "
                             "(lower-case letters, digits, '-' or '_')", key="name")
@@ -151,6 +157,14 @@ def propose(name: str, method: str, parents: list[str], seed: int, choices: dict
             trial.write_text(text)
             compose_recipe(trial, Path(conf_dir).resolve())
         write_text_atomic(paths.recipe, text)
+        if scope is not None:
+            from studbook.core.config import validate
+            from studbook.evidence.selection import Scope, scope_file
+
+            checked = validate(Scope, scope, str(scope_file(name)))
+            write_text_atomic(scope_file(name), "# Written by `studbook evolve`: which held-out "
+                              "items score this generation.\n"
+                              + yaml.safe_dump(checked.model_dump(), sort_keys=False))
     try:
         resolved = load_generation(name, conf_dir, check_deps=False)
     except StudbookError:

@@ -172,7 +172,8 @@ def _check_gate(card: dict, child, measured: dict, cache: dict) -> None:
     """The gate run again on the same per-item scores: verdict, reference parent, primary
     figures, guards and every parent's benchmark value must be the card's."""
     from studbook.core.errors import StudbookError
-    from studbook.evidence.gate import decide, scores_from_samples
+    from studbook.evidence.gate import scores_from_samples
+    from studbook.evidence.selection import in_scope, read_scope, verdict
     from studbook.evidence.tasks import check_contract
     from studbook.repository.generation import GenerationPaths
     from studbook.repository.recipes import compose_recipe
@@ -185,17 +186,18 @@ def _check_gate(card: dict, child, measured: dict, cache: dict) -> None:
         recipe = resolved.recipe
         contract = check_contract(recipe.contract, resolved.group_files["contract"],
                                   founder=not recipe.parents)
+        scoped = in_scope(contract, read_scope(name))  # a search's candidate: its split tasks
     except StudbookError as exc:
         raise _Missing(f"its recipe does not load, so its gate cannot be run again ({exc})") from None
     benchmarks = card["benchmarks"]  # a list of objects (checked by _compare)
     _check("benchmarks", [(b.get("task"), b.get("metric")) for b in benchmarks],
-           [(b.task, b.metric) for b in contract.benchmarks])
+           [(b.task, b.metric) for b in scoped.benchmarks])
     named = [_get(p, "name") for p in _list(card.get("parents")) if _get(p, "reference") is not True]
     _check("parents", named, list(recipe.parents))
     parents = [scores_from_samples(p, None, _evaluation(p, cache)["samples"]) for p in recipe.parents]
     try:
-        decided = decide(child, parents, contract)
-    except (ValueError, KeyError) as exc:
+        decided = verdict(name, child, parents, contract)  # the record stage's own gate
+    except (ValueError, KeyError, StudbookError) as exc:
         raise _Missing(f"its gate cannot be run again on the evaluations here ({exc})") from None
     _check("verdict", card.get("verdict"), decided["verdict"])
     _check("reference_parent", card.get("reference_parent"), decided["reference_parent"])
@@ -214,6 +216,10 @@ def _check_gate(card: dict, child, measured: dict, cache: dict) -> None:
     for index, guard in enumerate(decided["guards"]):
         _check(f"guards[{index}].ok", _get(card, "guards", index, "ok"), guard["ok"])
         _check(f"guards[{index}].change", _get(card, "guards", index, "change"), guard["change"])
+    for block in ("selection", "confirmation", "noise"):  # a search's finalist
+        for key, value in (decided.get("selection") or {}).get(block, {}).items():
+            if isinstance(value, float):
+                _check(f"selection.{block}.{key}", _get(card, "selection", block, key), value)
     for index, bench in enumerate(benchmarks):
         rows = [(p, values.get(bench["task"]))
                 for p, values in sorted(decided["parent_benchmarks"].items())]

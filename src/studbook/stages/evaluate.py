@@ -18,18 +18,22 @@ def run(gen: Generation) -> dict | None:
     from studbook.core.numerics import configure_torch
     from studbook.evidence.evaluation import evaluate_model
     from studbook.evidence.records import write_evaluation
+    from studbook.evidence.selection import chooser, evaluated_tasks, in_scope, read_scope
 
     from studbook.core import launch
 
     launch.check_device()
     contract = gen.recipe.contract
-    tasks = [b.task for b in contract.benchmarks] + (contract.harvest.tasks if contract.harvest else [])
+    scope = read_scope(gen.name)  # a search's candidate: its selection items only
+    tasks = evaluated_tasks(contract, scope)
     configure_torch(contract.evaluation.seed)
     evaluation = evaluate_model(gen.artifact, tasks, contract.task_folders, contract.evaluation,
-                                gen.recipe.model.context_length)
+                                gen.recipe.model.context_length,
+                                                keep=chooser(scope))
     if evaluation is None:  # not the main process of a launch: it writes nothing
         return None
     write_evaluation(evaluation, gen.paths.eval)
+    contract = in_scope(contract, scope)
     metrics = {b.task: round(evaluation["results"][b.task]["metrics"][b.metric], 6)
                for b in contract.benchmarks}
     write_json_atomic(gen.paths.metrics, metrics)

@@ -19,12 +19,13 @@ from studbook.repository.generation import Generation, GenerationPaths
 
 def gate(gen: Generation, evaluation: dict, child_sha: str) -> dict:
     from studbook.evidence.records import read_evaluation
-    from studbook.evidence.gate import decide, scores_from_samples
+    from studbook.evidence.gate import scores_from_samples
+    from studbook.evidence.selection import verdict
 
     child = scores_from_samples(gen.name, child_sha, evaluation["samples"])
     parents = [scores_from_samples(p.name, p.sha256, read_evaluation(p.eval_dir)["samples"])
                for p in gen.parents]
-    return decide(child, parents, gen.recipe.contract)
+    return verdict(gen.name, child, parents, gen.recipe.contract)  # scoped by a search
 
 
 def harvest(gen: Generation, evaluation: dict, child_sha: str) -> list[dict]:
@@ -49,13 +50,13 @@ def _with_wall_time(meta: dict, wall: Path) -> dict:
     return meta
 
 
-def card_evidence(gen: Generation, evaluation: dict) -> dict:
+def card_evidence(gen: Generation, evaluation: dict, harvested: bool) -> dict:
     from studbook.evidence.records import read_evaluation
     from studbook.evidence.harvest import inherited, read_hard_examples, retention
 
     paths, contract = gen.paths, gen.contract_name
     evidence: dict = {"relation": gen.method.relation}
-    if gen.recipe.contract.harvest is not None:
+    if harvested:
         own = read_hard_examples(paths.hard_examples(contract))
         evidence["hard_examples"] = {"file": str(paths.hard_examples(contract)), "total": len(own),
                                      "new": sum(1 for r in own if r["provenance"]["generation"] == gen.name)}
@@ -73,9 +74,11 @@ def run(gen: Generation) -> dict:
     from studbook.evidence.cards import card_context, compounding, render_card
     from studbook.evidence.records import read_evaluation
     from studbook.evidence.harvest import write_hard_examples
+    from studbook.evidence.selection import in_scope, read_scope
     from studbook.operators.artifacts import read_meta
 
     paths, contract = gen.paths, gen.contract_name
+    scoped = in_scope(gen.recipe.contract, read_scope(gen.name))  # a candidate: no harvest
     meta = read_meta(gen.artifact)
     evaluation = read_evaluation(paths.eval)
     verdict = gate(gen, evaluation, meta["weights_sha256"])
@@ -85,14 +88,14 @@ def run(gen: Generation) -> dict:
     net = verdict["primary"]["net_gain"]
     summary.update({"net_gain": round(net["mean"], 4), "net_gain_ci_low": round(net["ci_low"], 4),
                     "net_gain_ci_high": round(net["ci_high"], 4), "p_value": round(net["p_value"], 4)})
-    if gen.recipe.contract.harvest is not None:
+    if scoped.harvest is not None:
         rows = harvest(gen, evaluation, meta["weights_sha256"])
         write_hard_examples(rows, paths.hard_examples(contract), paths.hard_examples_task(contract),
                             contract, gen.name)
         new = sum(1 for r in rows if r["provenance"]["generation"] == gen.name)
         summary.update({"hard_examples": len(rows), "hard_examples_new": new})
     meta = _with_wall_time(meta, paths.compute)
-    evidence = card_evidence(gen, evaluation)
+    evidence = card_evidence(gen, evaluation, scoped.harvest is not None)
     if gen.recipe.compounding is not None:
         reference = GenerationPaths(gen.recipe.compounding.scratch)
         if not (reference.artifact("model") / "studbook.json").is_file():
@@ -102,7 +105,7 @@ def run(gen: Generation) -> dict:
             meta["compute"], gen.recipe.compounding.scratch,
             _with_wall_time(read_meta(reference.artifact("model")), reference.compute)["compute"])
     context = card_context(meta=meta, results=evaluation["results"], verdict=verdict,
-                           contract=gen.recipe.contract,
+                           contract=scoped,
                            relation=gen.method.base_model_relation, evidence=evidence)
     text = render_card(context)
     write_json_atomic(paths.card_json, context)
