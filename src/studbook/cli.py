@@ -267,6 +267,31 @@ def negatives(as_json: bool = typer.Option(False, "--json", help="machine-readab
 
 
 @app.command()
+def evolve(search: str = typer.Argument(..., help="the search's name (branch evolve/SEARCH, searches/SEARCH/)"),
+           space: Optional[str] = typer.Option(None, "--space", help="conf/search/NAME.yaml (to start a search)"),
+           n_candidates: Optional[int] = typer.Option(None, "--candidates", help="candidates to ask (budget)"),
+           workers: Optional[int] = typer.Option(None, "--workers", help="candidates bred at once"),
+           cap: Optional[float] = typer.Option(None, "--cap", help="seconds a candidate may run"),
+           wall: Optional[float] = typer.Option(None, "--wall", help="seconds after which no candidate is asked"),
+           promote: bool = typer.Option(True, "--promote/--no-promote",
+                                        help="confirm the finalists and commit the winners")) -> None:
+    """Breed candidates from a search space through DVC's experiment queue, keep every one,
+    confirm the best on items it was not selected on, and commit winners on evolve/SEARCH.
+
+    The same command resumes a search that was stopped or killed: finished candidates are
+    never re-run. The wall budget stops asking; candidates in flight finish (or hit their cap).
+    """
+    from studbook.core.errors import StudbookError
+    from studbook.evolve.driver import evolve as run_search
+
+    budget = {"candidates": n_candidates, "workers": workers, "candidate_seconds": cap, "wall_seconds": wall}
+    try:
+        run_search(search, space, budget, promote=promote)
+    except StudbookError as exc:
+        _fail(exc)
+
+
+@app.command()
 def candidates(search: Optional[str] = typer.Argument(None, help="one search (default: all)"),
                as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Every candidate of the breeding searches (`searches/*/ledger.jsonl`), kept whatever

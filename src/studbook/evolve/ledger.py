@@ -18,7 +18,8 @@ from typing import Any
 
 from studbook.core.errors import StudbookError
 
-TRANSIENT = ("proposed", "queued", "running", "killing")
+IN_FLIGHT = ("proposed", "queued", "running", "killing")
+TRANSIENT = IN_FLIGHT + ("selected",)  # selected: passed the selection gate, awaiting confirmation
 FINAL = ("promoted", "rejected", "crashed", "timed-out", "invalid")
 KINDS = ("candidate", "noise")
 MAX_LEDGER_BYTES = 64 << 20  # a few hundred rows of a few kB
@@ -127,5 +128,53 @@ def negatives(rows: list[dict], search: str) -> list[dict]:
 
 
 def ledgers(root: str | Path = ".") -> dict[str, Path]:
-    """search name -> committed ledger, for every search under `searches/`."""
-    return {p.parent.name: p for p in sorted(Path(root, "searches").glob("*/ledger.jsonl"))}
+    """search name -> ledger, for every search under `searches/` (committed) and every
+    search this workspace is running or ran (`.dvc/tmp/evolve/*/ledger.jsonl`, live)."""
+    live = {p.parent.name: p for p in sorted(Path(root, ".dvc", "tmp", "evolve").glob("*/ledger.jsonl"))}
+    return {**live, **{p.parent.name: p for p in sorted(Path(root, "searches").glob("*/ledger.jsonl"))}}
+
+
+def _interval(block: dict | None, key: str = "net_gain") -> str:
+    if not block or block.get(key if key in block else "mean") is None:
+        return "—"
+    mean = block.get(key, block.get("mean"))
+    return f"{mean:+.4f} [{block['ci_low']:+.4f}, {block['ci_high']:+.4f}]"
+
+
+def markdown(search: str, rows: list[dict]) -> str:
+    """searches/SEARCH/README.md: every candidate in one table and the search's figures.
+    A pure function of the rows (byte-identical for identical rows); every value escaped."""
+    from studbook.core.escaping import markdown as md
+
+    lines = [f"# Search {md(search)}", "",
+             "Every candidate this search bred, whatever became of it (`studbook candidates "
+             f"{md(search)}`). Gains are the primary metric's mean paired gain over the reference "
+             "parent (positive is better) with 95 % intervals; selection gains are on the "
+             "selection items only, confirmation gains on the items never used to select.", "",
+             "| trial | candidate | operator | parameters | status | selection gain | confirmation gain "
+             "| noise floor | training s | wall s | not training |",
+             "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        timing = r.get("timing") or {}
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in sorted((r.get("params") or {}).items()) if k != "operator")
+        if r["kind"] == "noise":
+            params = f"{r['noise']['parent']} seed {r['noise']['seed']}"
+        confirmation = r.get("confirmation")
+        share = timing.get("not_training_share")
+        lines.append("| " + " | ".join([
+            str(r["trial"]) if r["kind"] == "candidate" else "noise", md(r.get("name", "")),
+            md(r.get("operator") or "re-breed"), md(params) or "—", md(r["status"]),
+            _interval(r.get("selection")), _interval(confirmation, "mean"),
+            f"{confirmation['noise_floor']:.4f}" if confirmation else "—",
+            f"{timing['train_seconds']:.1f}" if "train_seconds" in timing else "—",
+            f"{timing['wall_seconds']:.1f}" if "wall_seconds" in timing else "—",
+            f"{share:.1%}" if share is not None else "—"]) + " |")
+    lines += ["", "## Figures", ""]
+    for key, value in summary(rows).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, float) and value > 1e6:
+            value = f"{value:.3e}"
+        lines.append(f"- {key}: {value}")
+    return "\n".join(lines) + "\n"

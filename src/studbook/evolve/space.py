@@ -100,6 +100,29 @@ class SamplerSpec(_Strict):
     startup_trials: int = Field(default=4, ge=0)
 
 
+class SelectionSpec(_Strict):
+    """Candidates are scored on a few held-out items per primary task (the selection items);
+    a finalist is confirmed on the others (evidence/selection.py)."""
+
+    items_per_task: int = Field(default=8, gt=0, description="selection items per primary task")
+    min_confirmation_items: int = Field(default=16, gt=0, description=(
+        "refused at start if a primary task would keep fewer items to confirm on"))
+
+
+class ConfirmSpec(_Strict):
+    finalists: int = Field(default=1, ge=1, description="best candidates (by selection gain) confirmed")
+
+
+class NoiseSpec(_Strict):
+    seed_offset: int = Field(default=1, description="the reference parent re-bred with seed + this")
+
+    @model_validator(mode="after")
+    def _other_seed(self) -> "NoiseSpec":
+        if self.seed_offset == 0:
+            raise ValueError("seed_offset 0 re-breeds the parent itself: no noise is measured")
+        return self
+
+
 class SearchSpace(_Strict):
     description: str
     contract: str
@@ -111,6 +134,9 @@ class SearchSpace(_Strict):
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description=(
         "fixed first trials, by parameter name (Optuna's enqueue_trial)"))
     budget: Budget
+    selection: SelectionSpec = SelectionSpec()
+    confirm: ConfirmSpec = ConfirmSpec()
+    noise: NoiseSpec = NoiseSpec()
     sampler: SamplerSpec = SamplerSpec()
 
 
