@@ -1,0 +1,173 @@
+"""`studbook evolve` end to end on a pico founder: real git worktrees, the real DVC
+experiment queue with two workers, real training and lm-eval, a real Optuna journal.
+
+The pico space (conf/search/pico.yaml) fixes its first trials: 0 a sure gain (a fine-tune
+at a high learning rate of a 4-step founder), 1 a LoRA on target modules the model does
+not have (PEFT raises at breed time: a real crash; if LoRA targets are ever checked at the
+edge this trial becomes `invalid` and the test must pick another runtime failure), 2 a
+200,000-step fine-tune (an overrun of the cap). Trial 3 is sampled by TPE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_skeleton, git_dvc_init, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory) -> Path:
+    repo = copy_skeleton(tmp_path_factory.mktemp("evolve") / "origin")
+    git_dvc_init(repo)
+    run([PY, "-m", "studbook.cli", "propose", "pico", "--model", "llama_pico", "--train", "pico",
+         "--contract", "stdlib_pico"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "propose pico"], repo)
+    run([PY, "-m", "dvc", "repro", "generations/pico/dvc.yaml"], repo, timeout=900)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "breed pico"], repo)
+    return repo
+
+
+def clone(origin: Path, dest: Path) -> Path:
+    run(["git", "clone", "-q", str(origin), str(dest)], dest.parent)
+    run(["git", "config", "user.email", "test@studbook.invalid"], dest)
+    run(["git", "config", "user.name", "studbook test"], dest)
+    run([PY, "-m", "dvc", "config", "--local", "cache.dir", str(origin / ".dvc" / "cache")], dest)
+    run([PY, "-m", "dvc", "checkout", "-q"], dest)
+    return dest
+
+
+def ledger(repo: Path, search: str = "t1") -> dict[str, dict]:
+    path = repo / ".dvc/tmp/evolve" / search / "ledger.jsonl"
+    if not path.is_file():
+        return {}
+    return {r["name"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def stray_stages(repo: Path) -> list[str]:
+    """Processes still running a stage of this repository's search."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(cmdline.parent / "cwd")
+        except OSError:
+            continue
+        if "stages/" in text and str(repo) in cwd:
+            found.append(text)
+    return found
+
+
+def test_four_candidates_crash_overrun_noise_and_a_confirmed_winner(origin, tmp_path):
+    repo = clone(origin, tmp_path / "repo")
+    result = run([PY, "-m", "studbook.cli", "evolve", "t1", "--space", "pico"], repo, timeout=1200)
+    out = result.stdout
+    rows = ledger(repo)
+    assert sorted(rows) == ["t1-000", "t1-001", "t1-002", "t1-003", "t1-noise-pico"]
+    assert rows["t1-000"]["status"] == "promoted" and rows["t1-000"]["decided_at"] == "confirmation"
+    assert rows["t1-001"]["status"] == "crashed"
+    assert "NoMatchingPeftModuleError" in rows["t1-001"]["error"]
+    assert rows["t1-002"]["status"] == "timed-out"
+    assert rows["t1-002"]["timing"]["wall_seconds"] >= 90
+    assert rows["t1-003"]["status"] in ("rejected", "crashed", "timed-out", "invalid")
+    assert rows["t1-noise-pico"]["status"] == "measured"
+    confirmation = rows["t1-000"]["confirmation"]
+    assert confirmation["mean"] > confirmation["noise_floor"] >= 0
+    assert rows["t1-000"]["selection"]["items"] == 4  # 2 selection items x 2 primary tasks
+    assert confirmation["n_items"] == 8  # the other 4 of each task
+    # every candidate that ran to the end is a DVC experiment holding its card
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout.split()
+    for name in ("t1-000", "t1-003", "t1-noise-pico"):
+        if rows[name]["status"] in ("promoted", "rejected", "measured"):
+            ref = next(r for r in refs if r.endswith("/" + name))
+            folder = name if name != "t1-noise-pico" else "pico"
+            assert run(["git", "show", f"{ref}:cards/{folder}.md"], repo).stdout.startswith("---")
+    # the branch: one commit per winner, then the search
+    log = run(["git", "log", "--format=%s", "main..evolve/t1"], repo).stdout.splitlines()
+    assert log[0].startswith("search t1: 4 candidates, 1 promoted")
+    assert log[1].startswith("t1-000: promoted by search t1 (trial 0): confirmed +")
+    assert len(log) == 2
+    assert "promoted: t1-000: confirmed" in out and "next: git push -u origin evolve/t1" in out
+    run(["git", "checkout", "-q", "evolve/t1"], repo)
+    run([PY, "-m", "dvc", "checkout", "-q"], repo, check=False)
+    card = (repo / "cards/t1-000.md").read_text()
+    assert "**Selected by search `t1`** — trial 0" in card and "Noise floor:" in card
+    readme = (repo / "searches/t1/README.md").read_text()
+    assert "| 1 | t1-001 | lora |" in readme and "crashed" in readme and "timed-out" in readme
+    listed = json.loads(run([PY, "-m", "studbook.cli", "candidates", "t1", "--json"], repo).stdout)
+    assert listed["t1"]["summary"]["statuses"]["promoted"] == 1
+    negatives = json.loads(run([PY, "-m", "studbook.cli", "negatives", "--json"], repo).stdout)
+    assert {"t1-001", "t1-002"} <= {n["name"] for n in negatives if n["search"] == "t1"}
+    # the winner, as committed, is verified against its evidence (the record stage's gate)
+    population = run([PY, "-m", "studbook.cli", "population", "--json"], repo).stdout
+    assert any(m["name"] == "t1-000" and m["evidence"] == "verified" for m in json.loads(population))
+    # nothing left running, no worktree left behind
+    assert stray_stages(repo) == []
+    assert run(["git", "worktree", "list"], repo).stdout.count("\n") == 1
+    # a rejected candidate's experiment can be applied at any time
+    if rows["t1-003"]["status"] == "rejected":
+        run(["git", "checkout", "-q", "main"], repo)
+        run([PY, "-m", "dvc", "exp", "apply", "t1-003"], repo)
+        assert (repo / "cards/t1-003.md").is_file()
+
+
+def test_kill_minus_nine_of_the_whole_search_then_resume(origin, tmp_path):
+    repo = clone(origin, tmp_path / "repo")
+    env = {**os.environ, "PATH": str(Path(PY).parent) + os.pathsep + os.environ.get("PATH", "")}
+    driver = subprocess.Popen([PY, "-m", "studbook.cli", "evolve", "t1", "--space", "pico"], cwd=repo,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        rows = ledger(repo)
+        final = [r for r in rows.values() if r["status"] in ("selected", "rejected", "crashed", "measured")]
+        running = [r for r in rows.values() if r["status"] == "running"]
+        if final and running:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the search never had a finished and a running candidate: {ledger(repo)}")
+    os.killpg(driver.pid, signal.SIGKILL)
+    for pidfile in (repo / ".dvc/tmp/evolve/t1/work/.dvc/tmp/exps/celery").glob("dvc-exp-worker-*.pid"):
+        try:
+            os.killpg(os.getpgid(int(pidfile.read_text().split()[0])), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    driver.wait()
+    for line in stray_stages(repo):  # the stage processes die with their worker's group
+        pytest.fail(f"left running after kill -9: {line}")
+    before = {n: r for n, r in ledger(repo).items() if r["status"] not in ("queued", "running", "killing",
+                                                                            "proposed")}
+    was_running = [n for n, r in ledger(repo).items() if r["status"] == "running"]
+    refs = set(run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"],
+                   repo).stdout.splitlines())
+    result = run([PY, "-m", "studbook.cli", "evolve", "t1"], repo, timeout=1200)
+    assert "resume: t1" in result.stdout
+    after = ledger(repo)
+    for name, row in before.items():  # no finished candidate re-run or re-collected
+        if row["status"] != "selected":
+            assert after[name] == row
+        else:
+            assert after[name]["selection"] == row["selection"]
+            assert after[name]["experiment"] == row["experiment"]
+    assert refs <= set(run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"],
+                           repo).stdout.splitlines())
+    assert all(after[n]["attempts"] == 2 for n in was_running)
+    assert sorted(after) == ["t1-000", "t1-001", "t1-002", "t1-003", "t1-noise-pico"]
+    assert all(r["status"] in ("promoted", "rejected", "crashed", "timed-out", "invalid", "measured")
+               for r in after.values())
+    study = (repo / ".dvc/tmp/evolve/t1/study.jsonl").read_text()
+    assert study.count('{"op_code":4,') == 4  # four trials asked, none twice (journal CREATE_TRIAL)
+    assert after["t1-000"]["status"] == "promoted"
