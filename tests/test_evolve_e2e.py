@@ -80,7 +80,7 @@ def test_four_candidates_crash_overrun_noise_and_a_confirmed_winner(origin, tmp_
     assert rows["t1-001"]["status"] == "crashed"
     assert "NoMatchingPeftModuleError" in rows["t1-001"]["error"]
     assert rows["t1-002"]["status"] == "timed-out"
-    assert rows["t1-002"]["timing"]["wall_seconds"] >= 90
+    assert rows["t1-002"]["timing"]["wall_seconds"] >= 150
     assert rows["t1-003"]["status"] in ("rejected", "crashed", "timed-out", "invalid")
     assert rows["t1-noise-pico"]["status"] == "measured"
     confirmation = rows["t1-000"]["confirmation"]

@@ -256,7 +256,9 @@ class Driver:
                 flying += 1
             elif state.state == RUNNING:
                 flying += 1
-                timing = {"started": state.started or now}
+                # the start as the driver first saw it (± 1 s; a candidate that started while
+                # no driver ran counts from the resume, so its cap is never cut short)
+                timing = row.get("timing") or {"started": now}
                 if row["status"] == "queued":
                     self.search.put({**row, "status": "running", "timing": timing})
                     say("running", row["name"])
@@ -272,8 +274,7 @@ class Driver:
             elif state.state == SUCCESS:
                 self._collect(study, row, state)
             elif state.state == FAILED:
-                timing = {"started": state.started, "finished": state.finished,
-                          "wall_seconds": state.finished - state.started}
+                timing = self._timing(row, state, now)
                 status = "timed-out" if row["status"] == "killing" else "crashed"
                 error = (f"over the cap of {self._cap(row):.0f} s" if status == "timed-out"
                          else _error(self.queue.log_tail(row["task"], 60)))
@@ -283,6 +284,14 @@ class Driver:
                     tell(study, row["trial"], None)
                 say(status, f"{row['name']}: {error}")
         return flying
+
+    @staticmethod
+    def _timing(row: dict, state, now: float) -> dict:
+        started = (row.get("timing") or {}).get("started")
+        finished = state.finished or now
+        if started is None:  # started and ended while no driver ran: its wall time is unknown
+            return {"started": None, "finished": finished}
+        return {"started": started, "finished": finished, "wall_seconds": max(0.0, finished - started)}
 
     def _cap(self, row: dict) -> float:
         # the noise run re-breeds a founder: its cap is the whole search's wall budget
@@ -307,13 +316,12 @@ class Driver:
         from studbook.repository.card_files import load_json
 
         commit = self.queue.experiment_ref(row["name"])
-        timing = {"started": state.started, "finished": state.finished,
-                  "wall_seconds": state.finished - state.started}
+        timing = self._timing(row, state, time.time())
         experiment = {"name": row["name"], "commit": commit, "baseline": self.state["baseline"]}
         folder = row["name"] if row["kind"] == "candidate" else row["noise"]["parent"]
         compute = load_json(self.queue.show(commit, f"generations/{folder}/compute.json"), "compute.json")
         timing["train_seconds"] = float(compute.get("seconds") or 0.0)
-        if timing["wall_seconds"] > 0:
+        if timing.get("wall_seconds"):
             timing["not_training_share"] = 1 - timing["train_seconds"] / timing["wall_seconds"]
         verdict = load_json(self.queue.show(commit, f"generations/{folder}/verdict.json"), "verdict.json")
         card = load_json(self.queue.show(commit, f"cards/{folder}.json"), "card")
@@ -323,7 +331,7 @@ class Driver:
             self.search.put({**row, "status": "measured", "experiment": experiment, "timing": timing,
                              "compute": figures, "noise": {**row["noise"],
                                                            "weights_sha256": card["weights_sha256"]}})
-            say("measured", f"{row['name']} in {timing['wall_seconds']:.0f} s")
+            say("measured", f"{row['name']} in {timing.get('wall_seconds', 0):.0f} s")
             return
         selection = {"items": net["n_items"], "net_gain": net["mean"], "ci_low": net["ci_low"],
                      "ci_high": net["ci_high"], "p_value": net["p_value"], "verdict": verdict["verdict"],
@@ -337,7 +345,7 @@ class Driver:
         tell(study, row["trial"], net["mean"])
         say("selected" if passed else "rejected",
             f"{row['name']} selection gain {net['mean']:+.4f} [{net['ci_low']:+.4f}, {net['ci_high']:+.4f}] "
-            f"in {timing['wall_seconds']:.0f} s ({timing['train_seconds']:.0f} s training)")
+            f"in {timing.get('wall_seconds', 0):.0f} s ({timing['train_seconds']:.1f} s training)")
 
     # --- the loop ----------------------------------------------------------------------
     def resume_asked(self, study) -> None:

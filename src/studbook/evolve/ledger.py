@@ -98,7 +98,8 @@ def summary(rows: list[dict]) -> dict:
     """
     candidates = [r for r in rows if r["kind"] == "candidate"]
     finished = [r for r in candidates if r["status"] in FINAL and r["status"] != "invalid"]
-    timed = [r["timing"] for r in rows if isinstance(r.get("timing"), dict) and r["timing"].get("finished")]
+    timed = [r["timing"] for r in rows if isinstance(r.get("timing"), dict) and r["timing"].get("finished")
+             and r["timing"].get("started") is not None]
     span = (max(t["finished"] for t in timed) - min(t["started"] for t in timed)) if timed else 0.0
     shares = [1 - r["timing"]["train_seconds"] / r["timing"]["wall_seconds"] for r in finished
               if r["status"] in ("promoted", "rejected") and r.get("timing", {}).get("wall_seconds")]

@@ -49,8 +49,7 @@ class TaskState:
     state: str
     pid: int | None = None
     returncode: int | None = None
-    started: float | None = None  # when the executor started (its pid file), epoch seconds
-    finished: float | None = None  # when it ended (its return code written)
+    finished: float | None = None  # when it ended (its return code written), epoch seconds
 
 
 def _alive(pid: int) -> bool:
@@ -185,14 +184,12 @@ class Queue:
         except (OSError, ValueError):  # being written
             return TaskState(RUNNING)
         pid, code = info.get("pid"), info.get("returncode")
-        pidfile = file.with_suffix(".pid")
-        started = pidfile.stat().st_mtime if pidfile.is_file() else file.stat().st_mtime
         if code is None:
-            return TaskState(RUNNING if pid and _alive(pid) else STALE, pid, started=started)
-        finished = file.stat().st_mtime
+            return TaskState(RUNNING if pid and _alive(pid) else STALE, pid)
+        finished = file.stat().st_mtime  # rewritten with the return code at exit
         if code == 0 and self.experiment_ref(name):
-            return TaskState(SUCCESS, pid, code, started, finished)
-        return TaskState(FAILED, pid, code, started, finished)
+            return TaskState(SUCCESS, pid, code, finished)
+        return TaskState(FAILED, pid, code, finished)
 
     def log_tail(self, task: str, lines: int = 30) -> str:
         log = self._run_file(task).with_suffix(".out")
