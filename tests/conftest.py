@@ -54,6 +54,18 @@ def git_dvc_init(repo: Path) -> None:
     run(["git", "commit", "-qm", "studbook skeleton"], repo)
 
 
+def bred_pico(dest: Path) -> tuple[Path, str]:
+    """A repository with the pico founder bred and committed; also the repro's output."""
+    repo = copy_skeleton(dest)
+    git_dvc_init(repo)
+    run([sys.executable, "-m", "studbook.cli", "propose", "pico", "--model", "llama_pico", "--train", "pico",
+         "--contract", "stdlib_pico"], repo)
+    result = run([sys.executable, "-m", "dvc", "repro", "generations/pico/dvc.yaml"], repo, timeout=900)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pico bred"], repo)
+    return repo, result.stdout + result.stderr
+
+
 @pytest.fixture
 def skeleton(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the repository's code and configs, as the working directory."""

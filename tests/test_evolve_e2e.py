@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_skeleton, git_dvc_init, run
+from conftest import bred_pico, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 PY = sys.executable
@@ -28,16 +28,7 @@ PY = sys.executable
 
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory) -> Path:
-    repo = copy_skeleton(tmp_path_factory.mktemp("evolve") / "origin")
-    git_dvc_init(repo)
-    run([PY, "-m", "studbook.cli", "propose", "pico", "--model", "llama_pico", "--train", "pico",
-         "--contract", "stdlib_pico"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "propose pico"], repo)
-    run([PY, "-m", "dvc", "repro", "generations/pico/dvc.yaml"], repo, timeout=900)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "breed pico"], repo)
-    return repo
+    return bred_pico(tmp_path_factory.mktemp("evolve") / "origin")[0]
 
 
 def clone(origin: Path, dest: Path) -> Path:

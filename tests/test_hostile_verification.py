@@ -21,7 +21,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # breeds a pico member with dvc repro (about 80 s)
 
-from conftest import copy_skeleton, git_dvc_init, run
+from conftest import bred_pico, run
 
 PY = sys.executable
 FAKE = 0.1  # bits per byte: better than any pico model can score
@@ -29,13 +29,7 @@ FAKE = 0.1  # bits per byte: better than any pico model can score
 
 @pytest.fixture(scope="module")
 def bred(tmp_path_factory) -> Path:
-    repo = copy_skeleton(tmp_path_factory.mktemp("verify") / "studbook")
-    git_dvc_init(repo)
-    run([PY, "-m", "studbook.cli", "propose", "pico", "--model", "llama_pico", "--train", "pico",
-         "--contract", "stdlib_pico"], repo)
-    run([PY, "-m", "dvc", "repro", "generations/pico/dvc.yaml"], repo, timeout=900)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "pico bred"], repo)
+    repo = bred_pico(tmp_path_factory.mktemp("verify") / "studbook")[0]
     run(["git", "tag", "bred"], repo)
     # an honest second member: the same evidence under another name
     shutil.copytree(repo / "models/pico", repo / "models/twin")

@@ -10,18 +10,11 @@ from studbook.core.errors import StudbookError
 from studbook.evidence.gate import Scores, decide
 from studbook.evidence.selection import (Scope, confirm, read_scope, scoped_contract, split, verdict,
                                          SelectionRecord)
-from studbook.repository.recipes import Contract
+from studbook.repository.recipes import HarvestSpec
 
-CONTRACT = Contract.model_validate({
-    "description": "test",
-    "benchmarks": [{"task": "bpb", "metric": "bits_per_byte", "niche": "n"},
-                   {"task": "mc", "metric": "acc", "niche": "n"}],
-    "primary": {"metric": "bits_per_byte", "direction": "lower", "tasks": ["bpb"]},
-    "guarded": [{"task": "mc", "metric": "acc", "direction": "higher", "tolerance": 0.1}],
-    "compatibility": {"architectures": ["llama"], "max_parameters": 10},
-    "harvest": {"tasks": ["mine"]},
-    "gate": {"bootstrap_samples": 1000, "seed": 0},
-})
+from test_gate import CONTRACT as GATE_CONTRACT
+
+CONTRACT = GATE_CONTRACT.model_copy(update={"harvest": HarvestSpec(tasks=["mine"])})
 IDS = [f"b{i:02d}" for i in range(48)]
 SCOPE = Scope(search="s1", salt="s1", items_per_task=8, tasks=["bpb"], evaluate="all")
 
