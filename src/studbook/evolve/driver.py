@@ -183,6 +183,13 @@ def _error(log: str) -> str:
     return (lines[-1] if lines else "no output")[:500]
 
 
+def asked(study) -> int:
+    """Trials asked so far (the space's enqueued first trials wait in the study until asked)."""
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING)
+
+
 class Driver:
     def __init__(self, search: Search, space: SearchSpace, state: dict):
         self.search, self.space, self.state = search, space, state
@@ -376,14 +383,14 @@ class Driver:
             flying = self.poll(study)
             candidates = [r for r in search.rows() if r["kind"] == "candidate"]
             in_flight = sum(1 for r in candidates if r["status"] in ledgers.IN_FLIGHT)
-            while (in_flight < budget.workers + 1 and len(study.trials) < budget.candidates
+            while (in_flight < budget.workers + 1 and asked(study) < budget.candidates
                    and self._wall_allows()):
                 self.ask_one(study)
                 in_flight += 1
                 flying += 1
             if flying:
                 self.queue.ensure_workers(budget.workers, self.env)
-            elif len(study.trials) >= budget.candidates or not self._wall_allows():
+            elif asked(study) >= budget.candidates or not self._wall_allows():
                 break
             time.sleep(1.0)
 

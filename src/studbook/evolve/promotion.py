@@ -18,7 +18,7 @@ from pathlib import Path
 
 from studbook.core.errors import StudbookError
 from studbook.evolve import ledger as ledgers
-from studbook.evolve.queue import _run, dvc
+from studbook.evolve.queue import _run, dvc, share_cache
 
 
 def say(key: str, value) -> None:
@@ -37,8 +37,7 @@ def ensure_branch_worktree(search, baseline: str) -> Path:
         exists = _run(["git", "branch", "--list", search.branch], search.repo).strip()
         _run(["git", "worktree", "add", "-q", str(work), search.branch] if exists else
              ["git", "worktree", "add", "-q", "-b", search.branch, str(work), baseline], search.repo)
-        _run(dvc("config", "--local", "cache.dir", str(search.repo / ".dvc" / "cache")), work)
-        _run(dvc("config", "--local", "core.analytics", "false"), work)
+        share_cache(search.repo, work)
     _run(["git", "reset", "-q", "--hard"], work)  # a confirmation a kill interrupted
     _run(["git", "clean", "-qfd", "generations", "cards", "hard_examples", "searches"], work)
     _run(dvc("checkout", "-q"), work, check=False)  # parents' weights and evaluations

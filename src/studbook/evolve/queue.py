@@ -44,6 +44,14 @@ def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
+def share_cache(repo: Path, work: Path) -> None:
+    """Point worktree `work` at the cache `repo` uses (its own or one it shares), so
+    parents' outputs are found and candidates' outputs land where the repository looks."""
+    cache = _run(dvc("cache", "dir"), repo).strip()
+    _run(dvc("config", "--local", "cache.dir", cache), work)
+    _run(dvc("config", "--local", "core.analytics", "false"), work)
+
+
 @dataclass(frozen=True)
 class TaskState:
     state: str
@@ -110,8 +118,7 @@ class Queue:
             _run(["git", "worktree", "prune"], self.repo)
             self.work.parent.mkdir(parents=True, exist_ok=True)
             _run(["git", "worktree", "add", "-q", "--detach", str(self.work), self.baseline], self.repo)
-            _run(dvc("config", "--local", "cache.dir", str(self.repo / ".dvc" / "cache")), self.work)
-            _run(dvc("config", "--local", "core.analytics", "false"), self.work)
+            share_cache(self.repo, self.work)
         _run(["git", "reset", "-q"], self.work)
         _run(["git", "clean", "-qfd", "generations", "cards"], self.work)
         self.assert_clean()
