@@ -103,7 +103,8 @@ def test_four_candidates_crash_overrun_noise_and_a_confirmed_winner(origin, tmp_
     assert {"t1-001", "t1-002"} <= {n["name"] for n in negatives if n["search"] == "t1"}
     # the winner, as committed, is verified against its evidence (the record stage's gate)
     population = run([PY, "-m", "studbook.cli", "population", "--json"], repo).stdout
-    assert any(m["name"] == "t1-000" and m["evidence"] == "verified" for m in json.loads(population))
+    assert any(m["name"] == "t1-000" and m["verification"]["status"] == "verified" and m["best"]
+               for m in json.loads(population))
     # nothing left running, no worktree left behind
     assert stray_stages(repo) == []
     assert run(["git", "worktree", "list"], repo).stdout.count("\n") == 1
