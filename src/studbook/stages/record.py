@@ -43,8 +43,8 @@ def harvest(gen: Generation, evaluation: dict, child_sha: str) -> list[dict]:
 def _with_wall_time(meta: dict, wall: Path) -> dict:
     """The artifact's metadata plus the breeding's wall time and host (not a DVC input: a
     volatile figure must not make anything re-run)."""
-    if wall.is_file():
-        compute = json.loads(wall.read_text())
+    compute = json.loads(wall.read_text()) if wall.is_file() else {}
+    if "seconds" in compute:  # `{}`: a search's placeholder, breed restored from DVC's run cache
         meta = {**meta, "compute": {**meta["compute"], "seconds": compute["seconds"],
                                     "host": compute.get("host")}}
     return meta
