@@ -160,7 +160,10 @@ def write_candidate(work: Path, name: str, proposal, space: SearchSpace, search:
                                    f"{space.sampler.seed})", "search": search, "trial": trial},
                 scope={"search": search, "salt": search, "items_per_task": space.selection.items_per_task,
                        "tasks": contract_primary, "evaluate": "selection"})
-        Path("generations", name, "compute.json").write_text("{}\n")
+        # what the card shows if DVC's run cache restores breed (a candidate identical to one
+        # bred before, in any search sharing this cache): nothing was computed for it
+        Path("generations", name, "compute.json").write_text(json.dumps(
+            {"seconds": 0.0, "host": "restored from DVC's run cache"}) + "\n")
         return Path("generations", name, "recipe.yaml").read_text()
 
 
