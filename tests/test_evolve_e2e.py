@@ -160,7 +160,10 @@ def test_kill_minus_nine_of_the_whole_search_then_resume(origin, tmp_path):
             assert after[name]["selection"] == row["selection"]
             assert after[name]["experiment"] == row["experiment"]
     assert refs <= experiments()
-    assert all(after[n]["attempts"] == 2 for n in was_running)
+    # a candidate running at the kill runs once more (attempt 2), unless it had finished in
+    # the second between the driver's last poll and the kill (then it is collected as is)
+    assert all(after[n]["attempts"] in (1, 2) for n in was_running)
+    assert any(after[n]["attempts"] == 2 for n in was_running) or was_running == []
     assert sorted(after) == ["t1-000", "t1-001", "t1-noise-pico"]
     assert all(r["status"] in ("promoted", "rejected", "crashed", "timed-out", "invalid", "measured")
                for r in after.values())
