@@ -90,7 +90,7 @@ def check_committed(repo: Path) -> str:
     return _run(["git", "rev-parse", "HEAD"], repo).strip()
 
 
-def reference_parents(space: SearchSpace, conf_dir: Path) -> list[str]:
+def reference_parents(space: SearchSpace) -> list[str]:
     """The parents a noise run re-breeds: each operator's parents (every choice)."""
     found: list[str] = []
     for operator in space.operators.values():
@@ -109,7 +109,8 @@ def check_start(space: SearchSpace, file: str, repo: Path) -> None:
     from studbook.repository.recipes import compose_recipe
 
     cards = {m["name"]: m for m in members()}
-    for parent in reference_parents(space, repo / "conf"):
+    parents = reference_parents(space)
+    for parent in parents:
         card = cards.get(parent)
         if card is None or card["verdict"] != "promoted":
             raise StudbookError(f"parent '{parent}' is not a promoted member (no card cards/{parent}.json "
@@ -117,15 +118,13 @@ def check_start(space: SearchSpace, file: str, repo: Path) -> None:
         check = verify_card(card)
         if check.status != VERIFIED:
             raise StudbookError(f"parent '{parent}' is {check.status}: {check}", file=file, key="operators")
-    contract = compose_recipe(Path("generations") / reference_parents(space, repo / "conf")[0] / "recipe.yaml",
-                              "conf").recipe.contract
+    contract = compose_recipe(Path("generations") / parents[0] / "recipe.yaml", "conf").recipe.contract
     if contract.evaluation.limit is not None:
         per_task = contract.evaluation.limit
     else:
         from studbook.evidence.records import read_evaluation
 
-        first = reference_parents(space, repo / "conf")[0]
-        samples = read_evaluation(Path("generations") / first / "eval")["samples"]
+        samples = read_evaluation(Path("generations") / parents[0] / "eval")["samples"]
         per_task = min(len(samples[t]) for t in contract.primary.tasks)
     left = per_task - space.selection.items_per_task
     if left < space.selection.min_confirmation_items:
@@ -238,7 +237,7 @@ class Driver:
     def queue_noise(self) -> None:
         from studbook.core.config import load_yaml
 
-        for index, parent in enumerate(reference_parents(self.space, self.search.work / "conf")):
+        for index, parent in enumerate(reference_parents(self.space)):
             if self.search.row("noise", index) is not None:
                 continue
             seed = int(load_yaml(self.search.work / "generations" / parent / "recipe.yaml")["seed"]) \

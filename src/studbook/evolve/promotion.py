@@ -13,6 +13,7 @@ pushed or merged: the branch is ready for a pull request whose card diff shows t
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -70,8 +71,6 @@ def noise_record(work: Path, search: str, contract: str, row: dict, candidates: 
 def confirm_one(search, work: Path, row: dict, record: dict, threads: str) -> dict:
     """Apply candidate `row` in the promotion worktree, widen its scope, re-run evaluate and
     record; returns its verdict (files left in the worktree)."""
-    import os
-
     from studbook.core.atomic import write_json_atomic
 
     name, commit = row["name"], row["experiment"]["commit"]
@@ -101,7 +100,7 @@ def promote(search, space, state: dict) -> None:
                     "error": f"passed selection, ranked {place} of {len(selected)}; finalists: {len(finalists)}"})
     noise = next((r for r in rows if r["kind"] == "noise" and r["status"] == "measured"), None)
     work = ensure_branch_worktree(search, state["baseline"])
-    threads = str(max(1, len(__import__("os").sched_getaffinity(0))))
+    threads = str(max(1, len(os.sched_getaffinity(0))))  # the workers are stopped by now
     done = _run(["git", "log", "--format=%s", f"{state['baseline']}..{search.branch}"], work)
     for rank, row in enumerate(finalists, start=1):
         name = row["name"]

@@ -219,7 +219,3 @@ class Queue:
 
     def show(self, commit: str, path: str) -> str:
         return _run(["git", "show", f"{commit}:{path}"], self.work)
-
-    def remove(self) -> None:
-        self.stop_workers()
-        _run(["git", "worktree", "remove", "--force", str(self.work)], self.repo, check=False)
