@@ -193,10 +193,12 @@ def asked(study) -> int:
 
 
 class Driver:
-    def __init__(self, search: Search, space: SearchSpace, state: dict):
+    def __init__(self, search: Search, space: SearchSpace, state: dict, promote: bool = True):
         self.search, self.space, self.state = search, space, state
         self.queue = Queue(search.repo, search.work, state["baseline"])
         self.env = worker_env(space.budget.workers)
+        self.promote = promote
+        self.prepared = False  # finalists widened while a noise run still ran
 
     # --- one candidate ---------------------------------------------------------------
     def ask_one(self, study) -> None:
@@ -394,7 +396,22 @@ class Driver:
                 self.queue.ensure_workers(budget.workers, self.env)
             elif asked(study) >= budget.candidates or not self._wall_allows():
                 break
+            if self.promote and not self.prepared and in_flight == 0 and (
+                    asked(study) >= budget.candidates or not self._wall_allows()):
+                self._prepare(candidates)
             time.sleep(1.0)
+
+    def _prepare(self, candidates: list[dict]) -> None:
+        """Every candidate is done but a noise run is not: evaluate the finalists fully now,
+        on the cores the candidates no longer use."""
+        from studbook.evolve import promotion
+
+        self.prepared = True
+        if any(r["status"] == "selected" for r in candidates):
+            busy = sum(1 for r in self.search.rows() if r["status"] in ledgers.IN_FLIGHT)
+            cores = len(os.sched_getaffinity(0))
+            threads = str(max(1, cores - busy * max(1, cores // self.space.budget.workers)))
+            promotion.prepare(self.search, self.space, self.state, threads)
 
     def _wall_allows(self) -> bool:
         walls = [r["timing"]["wall_seconds"] for r in self.search.rows()
@@ -436,11 +453,11 @@ def evolve(name: str, space_name: str | None = None, budget: dict | None = None,
             write_json_atomic(search.state_file, state)
             say("search", f"{name} from {baseline[:12]}: {space.budget.candidates} candidates, "
                           f"{space.budget.workers} workers, cap {space.budget.candidate_seconds:.0f} s")
-        driver = Driver(search, space, state)
+        driver = Driver(search, space, state, promote)
         driver.run()
         driver.queue.stop_workers()
         if promote:
-            promotion.promote(search, space, state)
+            promotion.promote(search, space, state, prepared=driver.prepared)
             promotion.finish(search)  # the branch, the experiments and the live state stay
         summary = ledgers.summary(search.rows())
         for key, value in summary.items():

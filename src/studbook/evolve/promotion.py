@@ -68,50 +68,84 @@ def noise_record(work: Path, search: str, contract: str, row: dict, candidates: 
                       "scores": scores}}
 
 
-def confirm_one(search, work: Path, row: dict, record: dict, threads: str) -> dict:
-    """Apply candidate `row` in the promotion worktree, widen its scope, re-run evaluate and
-    record; returns its verdict (files left in the worktree)."""
-    from studbook.core.atomic import write_json_atomic
-
+def widen(work: Path, row: dict, threads: str) -> None:
+    """Apply candidate `row` in the promotion worktree, widen its scope to every item and
+    run its evaluate stage. Needs no noise run, so it overlaps the noise run's tail."""
     name, commit = row["name"], row["experiment"]["commit"]
-    _run(["git", "checkout", commit, "--", f"generations/{name}", f"cards/{name}.md", f"cards/{name}.json"], work)
-    _run(["git", "reset", "-q"], work)
-    _run(dvc("checkout", "-q", f"generations/{name}/dvc.yaml"), work)
     scope = work / "generations" / name / "scope.yaml"
-    scope.write_text(scope.read_text().replace("evaluate: selection", "evaluate: all"))
-    write_json_atomic(work / "generations" / name / "selection.json", record)
-    env = {**os.environ, "STUDBOOK_THREADS": threads, "OMP_NUM_THREADS": threads}
+    if not scope.is_file() or "evaluate: selection" in scope.read_text():
+        _run(["git", "checkout", commit, "--", f"generations/{name}", f"cards/{name}.md", f"cards/{name}.json"],
+             work)
+        _run(["git", "reset", "-q"], work)
+        _run(dvc("checkout", "-q", f"generations/{name}/dvc.yaml"), work)
+        scope.write_text(scope.read_text().replace("evaluate: selection", "evaluate: all"))
+    env = _threads_env(threads)
     _run(_studbook("refresh", name), work, env=env)
-    say("confirming", f"{name} on every item ({threads} thread(s))")
-    out = _run(dvc("repro", f"generations/{name}/dvc.yaml"), work, env=env)
+    say("confirming", f"{name}: evaluating every item ({threads} thread(s))")
+    out = _run(dvc("repro", f"generations/{name}/dvc.yaml:evaluate"), work, env=env)
     if "Running stage 'generations/" + name + "/dvc.yaml:breed'" in out:
         raise StudbookError(f"confirming {name} re-bred it: its experiment's outputs were not in the cache")
+
+
+def confirm_one(work: Path, row: dict, record: dict, threads: str) -> dict:
+    """Finish the confirmation of a widened finalist: the noise run's scores into
+    selection.json, then record (its gate decides); returns the verdict."""
+    from studbook.core.atomic import write_json_atomic
+
+    name = row["name"]
+    widen(work, row, threads)  # a no-op when the evaluation already ran
+    write_json_atomic(work / "generations" / name / "selection.json", record)
+    env = _threads_env(threads)
+    _run(_studbook("refresh", name), work, env=env)
+    _run(dvc("repro", f"generations/{name}/dvc.yaml"), work, env=env)
     return json.loads((work / "generations" / name / "verdict.json").read_text())
 
 
-def promote(search, space, state: dict) -> None:
+def _threads_env(threads: str) -> dict:
+    return {**os.environ, "STUDBOOK_THREADS": threads, "OMP_NUM_THREADS": threads}
+
+
+def finalists(search, space) -> list[dict]:
+    """The selected candidates best by selection gain, `confirm.finalists` of them; the
+    others are rejected at ranking (idempotent)."""
+    selected = sorted((r for r in search.rows() if r["kind"] == "candidate" and r["status"] == "selected"),
+                      key=lambda r: (-r["selection"]["net_gain"], r["trial"]))
+    ranked = [r for r in search.rows() if r.get("decided_at") == "ranking"]
+    for place, row in enumerate(selected[space.confirm.finalists:], start=space.confirm.finalists + 1):
+        search.put({**row, "status": "rejected", "decided_at": "ranking",
+                    "error": f"passed selection, ranked {place} of {len(selected) + len(ranked)}; "
+                             f"finalists: {space.confirm.finalists}"})
+    return selected[:space.confirm.finalists]
+
+
+def prepare(search, space, state: dict, threads: str) -> None:
+    """While the noise run still runs: widen and evaluate every finalist (section 7.3 of the
+    design: the finalists' full evaluation overlaps the noise run)."""
+    work = ensure_branch_worktree(search, state["baseline"])
+    done = _run(["git", "log", "--format=%s", f"{state['baseline']}..{search.branch}"], work)
+    for row in finalists(search, space):
+        if f"{row['name']}: promoted by search" not in done:
+            widen(work, row, threads)
+
+
+def promote(search, space, state: dict, prepared: bool = False) -> None:
+    chosen = finalists(search, space)
     rows = search.rows()
     candidates = [r for r in rows if r["kind"] == "candidate"]
-    selected = sorted((r for r in candidates if r["status"] == "selected"),
-                      key=lambda r: (-r["selection"]["net_gain"], r["trial"]))
-    finalists, others = selected[:space.confirm.finalists], selected[space.confirm.finalists:]
-    for place, row in enumerate(others, start=len(finalists) + 1):
-        search.put({**row, "status": "rejected", "decided_at": "ranking",
-                    "error": f"passed selection, ranked {place} of {len(selected)}; finalists: {len(finalists)}"})
     noise = next((r for r in rows if r["kind"] == "noise" and r["status"] == "measured"), None)
-    work = ensure_branch_worktree(search, state["baseline"])
+    work = search.promote if prepared else ensure_branch_worktree(search, state["baseline"])
     threads = str(max(1, len(os.sched_getaffinity(0))))  # the workers are stopped by now
     done = _run(["git", "log", "--format=%s", f"{state['baseline']}..{search.branch}"], work)
-    for rank, row in enumerate(finalists, start=1):
+    for rank, row in enumerate(chosen, start=1):
         name = row["name"]
         if noise is None:
             search.put({**row, "status": "rejected", "decided_at": "confirmation",
                         "error": "no noise run measured: the noise floor is unknown"})
             continue
-        record = noise_record(work, search.name, space.contract, row, candidates, len(finalists), rank, noise,
+        record = noise_record(work, search.name, space.contract, row, candidates, len(chosen), rank, noise,
                               f"{space.sampler.name}, seed {space.sampler.seed}")
         if f"{name}: promoted by search" not in done:
-            verdict = confirm_one(search, work, row, record, threads)
+            verdict = confirm_one(work, row, record, threads)
         else:  # committed before a kill: read what was committed
             verdict = json.loads((work / "generations" / name / "verdict.json").read_text())
         block = verdict["selection"]
@@ -134,7 +168,8 @@ def promote(search, space, state: dict) -> None:
                             f"noise floor {block['noise']['floor']:.4f}")
         else:
             _run(["git", "reset", "-q", "--hard"], work)
-            _run(["git", "clean", "-qfd", "generations", "cards", "hard_examples"], work)
+            _run(["git", "clean", "-qfd", f"generations/{name}", f"cards/{name}.md", f"cards/{name}.json",
+                  "hard_examples"], work)  # other finalists' widened files stay
             search.put({**row, "status": "rejected", "decided_at": "confirmation", "confirmation": confirmation})
             say("rejected", f"{name} at confirmation: {'; '.join(verdict['reasons'])}")
     commit_search(search, work)
