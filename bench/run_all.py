@@ -4,7 +4,7 @@ Each benchmark runs in its own process and reports JSON; this script only collec
 figures, compares each with its target and writes the table with the machine it ran on.
 Benchmarks print ratios measured in one run: the machine is shared and noisy.
 
-    python bench/run_all.py [--only train,numerics,merge,eval,pipeline,lineage] [--out bench/RESULTS.md] [--fresh]
+    python bench/run_all.py [--only train,numerics,merge,eval,pipeline,lineage,evolve] [--out bench/RESULTS.md] [--fresh]
 
 With --only, the other benchmarks' figures of the last run (bench/RESULTS.json) are kept.
 
@@ -33,6 +33,7 @@ BENCHES = {
     "eval": ["eval_overhead.py"],
     "pipeline": ["pipeline.py"],
     "lineage": ["lineage_scale.py"],
+    "evolve": ["evolve_throughput.py", "--run"],
 }
 
 
@@ -147,6 +148,27 @@ def table(results: dict) -> list[tuple[str, str, str, str, str, str]]:
         rows += [("lineage", f"`studbook lineage`, {g['generations']:,} generations (whole command)",
                   f"{g['command_seconds']:.2f} s", f"{g['baseline_seconds']:.3f} s (parsing the cards alone)",
                   "—", verdict(g["command_seconds"] <= 1.0) + " (≤ 1 s)")]
+    for name in (results.get("evolve") or {}).get("searches", []):
+        e = {k[len(name) + 1:]: v for k, v in results["evolve"].items() if k.startswith(name + "_")}
+        noise = " (noise run reused)" if e["noise_reused"] else ""
+        rows += [
+            ("evolve", f"search `{name}`: candidates per hour, 2 workers ({e['candidates']} candidates, "
+             f"{e['promoted']} promoted)", f"{e['candidates_per_hour']:.1f}", "—", "—", "—"),
+            ("evolve", "not-training share of a candidate's wall time (median)",
+             f"{100 * e['not_training_share']:.1f} %",
+             f"{e['train_seconds_median']:.1f} s training of {e['wall_seconds_median']:.1f} s wall",
+             f"15 % needs ≈ {e['train_for_15_percent']:.0f} s training",
+             verdict(e["not_training_share"] <= 0.15) + " (≤ 15 % at 60 s training)"),
+            ("evolve", f"compute per promoted generation{noise}",
+             "—" if e["worker_seconds_per_promoted"] is None else f"{e['worker_seconds_per_promoted']:,.0f} worker-s",
+             "—" if e["training_flops_per_promoted"] is None else f"{e['training_flops_per_promoted']:.3g} FLOPs",
+             "—", "—"),
+        ]
+        if "profile_wall_seconds" in e:
+            rows.append(("evolve", "wall time, median parts: DVC / imports / training / evaluation / other",
+                         " / ".join(f"{e[f'profile_{k}_seconds']:.1f}" for k in ("dvc", "imports", "train",
+                                                                                 "evaluate", "other")) + " s",
+                         f"{e['profile_wall_seconds']:.1f} s wall", "—", "—"))
     return rows
 
 

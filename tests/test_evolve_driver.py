@@ -67,3 +67,82 @@ def test_the_search_readme_lists_every_candidate_escaped_and_is_deterministic():
 def test_a_search_name_is_a_generation_name_prefix(name, tmp_path):
     with pytest.raises(StudbookError):
         Search(name, tmp_path)
+
+
+def test_the_profile_hook_times_real_stage_processes_and_joins_them_per_candidate(tmp_path):
+    """`--profile`: three real Python processes named like the stages, started with the hook
+    on PYTHONPATH, each leave their start, end and import time; the join splits the
+    candidate's wall time into parts that add up to it."""
+    import os
+    from pathlib import Path
+
+    from studbook.evolve import profile
+
+    hook = Path(profile.__file__).parent / "profiling"
+    (tmp_path / "stages").mkdir()
+    out = tmp_path / "profile"
+    out.mkdir()
+    sleeps = {"breed": 0.6, "evaluate": 0.3, "record": 0.1}
+    for stage, seconds in sleeps.items():  # `import json, decimal` are real top-level imports
+        (tmp_path / "stages" / f"{stage}.py").write_text(f"import decimal, json, time\ntime.sleep({seconds})\n")
+    env = {**os.environ, "PYTHONPATH": str(hook), "STUDBOOK_PROFILE_DIR": str(out)}
+    started = time.time()
+    for stage in sleeps:
+        subprocess.run([sys.executable, f"stages/{stage}.py", "s-000"], cwd=tmp_path, env=env, check=True)
+    subprocess.run([sys.executable, "-c", "pass"], cwd=tmp_path, env=env, check=True)  # not a stage
+    finished = time.time() + 1.0
+    lines = profile.processes(out)
+    assert len(lines) == 4 and all(p["started"] <= p["ended"] for p in lines)
+    assert all(p["import_seconds"] > 0 for p in lines if p["argv"][0].startswith("stages/"))
+    row = {"kind": "candidate", "trial": 0, "name": "s-000", "status": "rejected",
+           "timing": {"started": started, "finished": finished, "wall_seconds": finished - started,
+                      "train_seconds": 0.5}}
+    parts = profile.breakdown([row], out)["s-000"]
+    assert sum(parts[k] for k in profile.PARTS) == pytest.approx(parts["wall"], abs=1e-6)
+    assert parts["evaluate"] >= 0.3 and parts["dvc"] >= 1.0 - 0.05 and parts["other"] >= 0.2 - 0.05
+    assert profile.breakdown([{**row, "name": "s-001"}], out) == {}  # another candidate's processes
+
+
+def _git(cwd, *args):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_noise_run_another_search_measured_is_reused_only_for_the_same_parent_and_seed(tmp_path):
+    """Design R1: a second search from the same founder pays nothing for its noise floor;
+    another founder (weights), another seed or a vanished experiment is never reused."""
+    import json
+
+    from studbook.evolve.driver import measured_noise
+    from studbook.evolve.ledger import write_ledger
+
+    repo = tmp_path
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@t")
+    _git(repo, "config", "user.name", "t")
+    (repo / "cards").mkdir()
+    (repo / "cards" / "founder.json").write_text(json.dumps({"weights_sha256": "a" * 64, "recipe_sha256": "r" * 64}))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "baseline")
+    baseline = _git(repo, "rev-parse", "HEAD")
+    (repo / "x").write_text("the noise run's experiment")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "experiment")
+    experiment = _git(repo, "rev-parse", "HEAD")
+    row = {"kind": "noise", "trial": 0, "name": "one-noise-founder", "status": "measured", "parents": ["founder"],
+           "noise": {"parent": "founder", "seed": 1235, "weights_sha256": "b" * 64},
+           "experiment": {"name": "one-noise-founder", "commit": experiment, "baseline": baseline},
+           "timing": {"started": 0.0, "finished": 900.0, "wall_seconds": 900.0}, "compute": {"flops": 1e15}}
+    write_ledger(repo / ".dvc" / "tmp" / "evolve" / "one" / "ledger.jsonl", [row])
+    wanted = {"parent": "founder", "seed": 1235, "parent_sha256": "a" * 64, "parent_recipe_sha256": "r" * 64}
+    reused = measured_noise(repo, "two", wanted)
+    assert reused["reused_from"] == "one" and reused["timing"] is None
+    assert reused["experiment"]["commit"] == experiment and reused["noise"]["weights_sha256"] == "b" * 64
+    assert measured_noise(repo, "one", wanted) is None  # a search never reuses itself
+    assert measured_noise(repo, "two", {**wanted, "seed": 1236}) is None
+    assert measured_noise(repo, "two", {**wanted, "parent_sha256": "c" * 64}) is None
+    write_ledger(repo / ".dvc" / "tmp" / "evolve" / "one" / "ledger.jsonl",
+                 [{**row, "experiment": {**row["experiment"], "commit": "d" * 40}}])
+    assert measured_noise(repo, "two", wanted) is None
+    # reused: it costs the second search nothing
+    from studbook.evolve.ledger import summary
+    assert summary([{**reused, "trial": 0}])["worker_seconds"] == 0.0

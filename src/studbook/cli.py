@@ -274,7 +274,10 @@ def evolve(search: str = typer.Argument(..., help="the search's name (branch evo
            cap: Optional[float] = typer.Option(None, "--cap", help="seconds a candidate may run"),
            wall: Optional[float] = typer.Option(None, "--wall", help="seconds after which no candidate is asked"),
            promote: bool = typer.Option(True, "--promote/--no-promote",
-                                        help="confirm the finalists and commit the winners")) -> None:
+                                        help="confirm the finalists and commit the winners"),
+           profile: bool = typer.Option(False, "--profile",
+                                        help="split each candidate's wall time: DVC, imports, training, "
+                                             "evaluation, other (searches/SEARCH/profile.json)")) -> None:
     """Breed candidates from a search space through DVC's experiment queue, keep every one,
     confirm the best on items it was not selected on, and commit winners on evolve/SEARCH.
 
@@ -286,7 +289,7 @@ def evolve(search: str = typer.Argument(..., help="the search's name (branch evo
 
     budget = {"candidates": n_candidates, "workers": workers, "candidate_seconds": cap, "wall_seconds": wall}
     try:
-        run_search(search, space, budget, promote=promote)
+        run_search(search, space, budget, promote=promote, profile=profile)
     except StudbookError as exc:
         _fail(exc)
 

@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class Search:
         self.space_file, self.state_file = self.dir / "search.yaml", self.dir / "state.json"
         self.ledger, self.journal = self.dir / "ledger.jsonl", self.dir / "study.jsonl"
         self.work, self.promote = self.dir / "work", self.dir / "promote"
+        self.profile_dir, self.profile_file = self.dir / "profile", self.dir / "profile.json"
         self.branch = f"evolve/{name}"
 
     @contextlib.contextmanager
@@ -192,11 +194,45 @@ def asked(study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING)
 
 
+def measured_noise(repo: Path, search: str, noise: dict) -> dict | None:
+    """A noise run another search already measured for the same parent (weights and
+    recipe, as its baseline's card has them) and seed, whose experiment is still here:
+    evidence a finished search leaves makes the next one cheaper (design R1). Returns the
+    row to record (no timing: this search spent nothing on it), or None."""
+    from studbook.repository.card_files import load_json
+
+    for other, path in ledgers.ledgers(repo).items():
+        if other == search:
+            continue
+        for row in ledgers.read_ledger(path):
+            if not (row["kind"] == "noise" and row["status"] == "measured"
+                    and row["noise"]["parent"] == noise["parent"] and row["noise"]["seed"] == noise["seed"]):
+                continue
+            shown = subprocess.run(["git", "show", f"{row['experiment']['baseline']}:cards/{noise['parent']}.json"],
+                                   cwd=repo, capture_output=True, text=True)
+            kept = subprocess.run(["git", "cat-file", "-e", row["experiment"]["commit"] + "^{commit}"],
+                                  cwd=repo, capture_output=True)
+            if shown.returncode or kept.returncode:
+                continue
+            card = load_json(shown.stdout, f"cards/{noise['parent']}.json")
+            if (card["weights_sha256"], card["recipe_sha256"]) == (noise["parent_sha256"],
+                                                                   noise["parent_recipe_sha256"]):
+                return {**row, "noise": {**noise, **row["noise"]}, "timing": None,
+                        "reused_from": row.get("reused_from") or other}
+    return None
+
+
 class Driver:
-    def __init__(self, search: Search, space: SearchSpace, state: dict, promote: bool = True):
+    def __init__(self, search: Search, space: SearchSpace, state: dict, promote: bool = True,
+                 profile: bool = False):
         self.search, self.space, self.state = search, space, state
         self.queue = Queue(search.repo, search.work, state["baseline"])
         self.env = worker_env(space.budget.workers)
+        if profile:  # a runtime knob: every worker process times itself (evolve/profile.py)
+            search.profile_dir.mkdir(parents=True, exist_ok=True)
+            hook = str(Path(__file__).resolve().parent / "profiling")
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [hook, self.env.get("PYTHONPATH")]))
+            self.env["STUDBOOK_PROFILE_DIR"] = str(search.profile_dir)
         self.promote = promote
         self.prepared = False  # finalists widened while a noise run still ran
 
@@ -238,15 +274,25 @@ class Driver:
 
     def queue_noise(self) -> None:
         from studbook.core.config import load_yaml
+        from studbook.repository.card_files import load_json
 
         for index, parent in enumerate(reference_parents(self.space)):
             if self.search.row("noise", index) is not None:
                 continue
             seed = int(load_yaml(self.search.work / "generations" / parent / "recipe.yaml")["seed"]) \
                 + self.space.noise.seed_offset
+            card = load_json((self.search.work / "cards" / f"{parent}.json").read_text(), f"cards/{parent}.json")
+            noise = {"parent": parent, "seed": seed, "parent_sha256": card["weights_sha256"],
+                     "parent_recipe_sha256": card["recipe_sha256"]}
+            reused = measured_noise(self.search.repo, self.search.name, noise)
+            if reused is not None:
+                self.search.put(reused | {"trial": index})
+                say("reused", f"{reused['name']} ({parent} re-bred with seed {seed}, measured by search "
+                              f"{reused['reused_from']}: this noise floor costs nothing)")
+                continue
             name = f"{self.search.name}-noise-{parent}"
             row = {"kind": "noise", "trial": index, "name": name, "status": "proposed", "parents": [parent],
-                   "noise": {"parent": parent, "seed": seed}, "attempts": 1}
+                   "noise": noise, "attempts": 1}
             self.search.put(row)
             row["task"] = self.queue.queue_noise(name, parent, seed)
             self.search.put({**row, "status": "queued"})
@@ -420,8 +466,20 @@ class Driver:
         return time.time() - self.state["started"] + expected <= self.space.budget.wall_seconds
 
 
+def _write_profile(search: Search) -> None:
+    """searches/SEARCH/profile.json: each candidate's wall time split into its parts."""
+    from studbook.core.atomic import write_json_atomic
+    from studbook.evolve import profile
+
+    parts = profile.breakdown(search.rows(), search.profile_dir)
+    figures = profile.medians(parts)
+    write_json_atomic(search.profile_file, {"median": figures, "candidates": parts})
+    for key, value in figures.items():
+        say(f"profile_{key}", f"{value:.1%}" if key.endswith("_share") else f"{value:.1f} s")
+
+
 def evolve(name: str, space_name: str | None = None, budget: dict | None = None,
-           promote: bool = True, repo: str | Path = ".") -> dict:
+           promote: bool = True, repo: str | Path = ".", profile: bool = False) -> dict:
     """Start or resume search `name`; returns its summary."""
     from studbook.evolve import promotion
     from studbook.evolve.space import load_space
@@ -453,9 +511,11 @@ def evolve(name: str, space_name: str | None = None, budget: dict | None = None,
             write_json_atomic(search.state_file, state)
             say("search", f"{name} from {baseline[:12]}: {space.budget.candidates} candidates, "
                           f"{space.budget.workers} workers, cap {space.budget.candidate_seconds:.0f} s")
-        driver = Driver(search, space, state, promote)
+        driver = Driver(search, space, state, promote, profile)
         driver.run()
         driver.queue.stop_workers()
+        if search.profile_dir.is_dir():
+            _write_profile(search)
         if promote:
             promotion.promote(search, space, state, prepared=driver.prepared)
             promotion.finish(search)  # the branch, the experiments and the live state stay

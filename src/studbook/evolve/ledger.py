@@ -94,7 +94,8 @@ def summary(rows: list[dict]) -> dict:
     candidates_per_hour: finished candidates (any final status but invalid) over the time
     from the first start to the last finish; not_training_share: 1 - train/wall, median
     over the candidates that ran to the end; per promoted generation, the worker seconds
-    and training FLOPs the whole search spent (noise runs included).
+    and training FLOPs the whole search spent (noise runs included, unless reused from
+    another search: those cost this one nothing).
     """
     candidates = [r for r in rows if r["kind"] == "candidate"]
     finished = [r for r in candidates if r["status"] in FINAL and r["status"] != "invalid"]
@@ -105,7 +106,7 @@ def summary(rows: list[dict]) -> dict:
               if r["status"] in ("promoted", "rejected") and r.get("timing", {}).get("wall_seconds")]
     promoted = sum(1 for r in candidates if r["status"] == "promoted")
     worker_seconds = sum(t.get("wall_seconds", 0.0) for t in timed)
-    flops = sum((r.get("compute") or {}).get("flops", 0.0) for r in rows)
+    flops = sum((r.get("compute") or {}).get("flops", 0.0) for r in rows if not r.get("reused_from"))
     return {
         "candidates": len(candidates),
         "finished": len(finished),
@@ -160,7 +161,8 @@ def markdown(search: str, rows: list[dict]) -> str:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in sorted((r.get("params") or {}).items()) if k != "operator")
         if r["kind"] == "noise":
-            params = f"{r['noise']['parent']} seed {r['noise']['seed']}"
+            params = f"{r['noise']['parent']} seed {r['noise']['seed']}" + (
+                f" (measured by search {r['reused_from']})" if r.get("reused_from") else "")
         confirmation = r.get("confirmation")
         share = timing.get("not_training_share")
         lines.append("| " + " | ".join([

@@ -183,8 +183,9 @@ def commit_search(search, work: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rows = search.rows()
     for source, target in ((search.space_file, "search.yaml"), (search.journal, "study.jsonl"),
-                           (search.ledger, "ledger.jsonl")):
-        write_text_atomic(folder / target, source.read_text())
+                           (search.ledger, "ledger.jsonl"), (search.profile_file, "profile.json")):
+        if source.is_file():  # profile.json only with --profile
+            write_text_atomic(folder / target, source.read_text())
     write_text_atomic(folder / "README.md", ledgers.markdown(search.name, rows))
     _run(["git", "add", "-A", f"searches/{search.name}"], work)
     if _run(["git", "status", "--porcelain", f"searches/{search.name}"], work).strip():
