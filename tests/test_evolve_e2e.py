@@ -61,12 +61,76 @@ def stray_stages(repo: Path) -> list[str]:
     return found
 
 
-def test_four_candidates_crash_overrun_noise_and_a_confirmed_winner(origin, tmp_path):
+def kill_minus_nine(repo: Path, driver: subprocess.Popen) -> None:
+    """SIGKILL to the driver's process group and to every DVC worker's group."""
+    os.killpg(driver.pid, signal.SIGKILL)
+    for pidfile in (repo / ".dvc/tmp/evolve/t1/work/.dvc/tmp/exps/celery").glob("dvc-exp-worker-*.pid"):
+        try:
+            os.killpg(os.getpgid(int(pidfile.read_text().split()[0])), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    driver.wait()
+
+
+def experiments(repo: Path) -> set[str]:
+    """Experiment refs and their commits (the queue's own refs, stash and failed, move by design)."""
+    listed = run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], repo)
+    return {line for line in listed.stdout.splitlines() if not line.startswith("refs/exps/celery/")}
+
+
+def test_a_four_candidate_search_killed_minus_nine_then_resumed(origin, tmp_path):
+    """One search does it all (one search, not two, keeps `.ci/run` inside its budget): kill
+    -9 of the driver and every worker once a candidate has finished and another runs, then
+    the same command resumes it; then a crash, an overrun, the noise run and a confirmed
+    winner committed on the branch."""
     repo = clone(origin, tmp_path / "repo")
-    result = run([PY, "-m", "studbook.cli", "evolve", "t1", "--space", "pico"], repo, timeout=1200)
+    env = {**os.environ, "PATH": str(Path(PY).parent) + os.pathsep + os.environ.get("PATH", "")}
+    driver = subprocess.Popen([PY, "-m", "studbook.cli", "evolve", "t1", "--space", "pico"], cwd=repo,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        rows = ledger(repo)
+        final = [r for r in rows.values() if r["status"] in ("selected", "rejected", "crashed", "measured")]
+        running = [r for r in rows.values() if r["status"] == "running"]
+        # not while the overrun runs: re-running it would cost its whole cap again
+        if final and running and rows.get("t1-002", {}).get("status") != "running":
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the search never had a finished and a running candidate: {ledger(repo)}")
+    kill_minus_nine(repo, driver)
+    for line in stray_stages(repo):  # the stage processes die with their worker's group
+        pytest.fail(f"left running after kill -9: {line}")
+    before = {n: r for n, r in ledger(repo).items() if r["status"] not in ("queued", "running", "killing",
+                                                                            "proposed")}
+    was_running = [n for n, r in ledger(repo).items() if r["status"] == "running"]
+    refs = experiments(repo)
+
+    result = run([PY, "-m", "studbook.cli", "evolve", "t1"], repo, timeout=1200)
     out = result.stdout
+    assert "resume: t1" in out
     rows = ledger(repo)
+    for name, row in before.items():  # no finished candidate re-run or re-collected
+        if row["status"] != "selected":
+            assert rows[name] == row
+        else:
+            assert rows[name]["selection"] == row["selection"]
+            assert rows[name]["experiment"] == row["experiment"]
+    assert refs <= experiments(repo)
+    # a candidate running at the kill runs once more (attempt 2), unless it had finished in
+    # the second between the driver's last poll and the kill (then it is collected as is)
+    assert all(rows[n]["attempts"] in (1, 2) for n in was_running)
+    assert any(rows[n]["attempts"] == 2 for n in was_running) or was_running == []
+    import optuna
+
+    study = optuna.load_study(study_name=None, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(repo / ".dvc/tmp/evolve/t1/study.jsonl"))))
+    assert len(study.trials) == 4  # the resumed driver re-asked nothing it had asked
+
     assert sorted(rows) == ["t1-000", "t1-001", "t1-002", "t1-003", "t1-noise-pico"]
+    assert all(r["status"] in ("promoted", "rejected", "crashed", "timed-out", "invalid", "measured")
+               for r in rows.values())
     assert rows["t1-000"]["status"] == "promoted" and rows["t1-000"]["decided_at"] == "confirmation"
     assert rows["t1-001"]["status"] == "crashed"
     assert "NoMatchingPeftModuleError" in rows["t1-001"]["error"]
@@ -115,60 +179,3 @@ def test_four_candidates_crash_overrun_noise_and_a_confirmed_winner(origin, tmp_
         assert (repo / "cards/t1-003.md").is_file()
 
 
-def test_kill_minus_nine_of_the_whole_search_then_resume(origin, tmp_path):
-    repo = clone(origin, tmp_path / "repo")
-    env = {**os.environ, "PATH": str(Path(PY).parent) + os.pathsep + os.environ.get("PATH", "")}
-    # two candidates (the sure gain and the crash): the overrun is the other test's
-    driver = subprocess.Popen([PY, "-m", "studbook.cli", "evolve", "t1", "--space", "pico", "--candidates", "2"],
-                              cwd=repo,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        rows = ledger(repo)
-        final = [r for r in rows.values() if r["status"] in ("selected", "rejected", "crashed", "measured")]
-        running = [r for r in rows.values() if r["status"] == "running"]
-        if final and running:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"the search never had a finished and a running candidate: {ledger(repo)}")
-    os.killpg(driver.pid, signal.SIGKILL)
-    for pidfile in (repo / ".dvc/tmp/evolve/t1/work/.dvc/tmp/exps/celery").glob("dvc-exp-worker-*.pid"):
-        try:
-            os.killpg(os.getpgid(int(pidfile.read_text().split()[0])), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    driver.wait()
-    for line in stray_stages(repo):  # the stage processes die with their worker's group
-        pytest.fail(f"left running after kill -9: {line}")
-    before = {n: r for n, r in ledger(repo).items() if r["status"] not in ("queued", "running", "killing",
-                                                                            "proposed")}
-    was_running = [n for n, r in ledger(repo).items() if r["status"] == "running"]
-    def experiments() -> set[str]:  # the queue's own refs (stash, failed) move by design
-        listed = run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], repo)
-        return {line for line in listed.stdout.splitlines() if not line.startswith("refs/exps/celery/")}
-
-    refs = experiments()
-    result = run([PY, "-m", "studbook.cli", "evolve", "t1"], repo, timeout=1200)
-    assert "resume: t1" in result.stdout
-    after = ledger(repo)
-    for name, row in before.items():  # no finished candidate re-run or re-collected
-        if row["status"] != "selected":
-            assert after[name] == row
-        else:
-            assert after[name]["selection"] == row["selection"]
-            assert after[name]["experiment"] == row["experiment"]
-    assert refs <= experiments()
-    # a candidate running at the kill runs once more (attempt 2), unless it had finished in
-    # the second between the driver's last poll and the kill (then it is collected as is)
-    assert all(after[n]["attempts"] in (1, 2) for n in was_running)
-    assert any(after[n]["attempts"] == 2 for n in was_running) or was_running == []
-    assert sorted(after) == ["t1-000", "t1-001", "t1-noise-pico"]
-    assert all(r["status"] in ("promoted", "rejected", "crashed", "timed-out", "invalid", "measured")
-               for r in after.values())
-    study = (repo / ".dvc/tmp/evolve/t1/study.jsonl").read_text()
-    # three trials created when the study was (the space's enqueued ones), none since: the
-    # resumed driver asked the same two again from the journal, never a new one
-    assert study.count('{"op_code":4,') == 3
-    assert after["t1-000"]["status"] == "promoted"

@@ -354,19 +354,22 @@ class Driver:
         # the noise run re-breeds a founder: its cap is the whole search's wall budget
         return self.space.budget.candidate_seconds if row["kind"] == "candidate" else self.space.budget.wall_seconds
 
-    def _requeue(self, study, row: dict) -> None:
+    def _again(self, params: dict):
+        """The proposal a trial's recorded parameters make (the same candidate, re-queued)."""
         from optuna.trial import FixedTrial
 
         from studbook.evolve.space import suggest
 
+        return suggest(FixedTrial(params), self.space, self.search.work / "conf")
+
+    def _requeue(self, study, row: dict) -> None:
         say("requeue", f"{row['name']} (its worker died; attempt {row.get('attempts', 1) + 1})")
         if row["kind"] == "noise":
             task = self.queue.queue_noise(row["name"], row["noise"]["parent"], row["noise"]["seed"])
             self.search.put({**row, "status": "queued", "task": task, "timing": None,
                              "attempts": row.get("attempts", 1) + 1})
             return
-        proposal = suggest(FixedTrial(row["params"]), self.space, self.search.work / "conf")
-        self._queue_trial(study, row["trial"], proposal, attempts=row.get("attempts", 1) + 1)
+        self._queue_trial(study, row["trial"], self._again(row["params"]), attempts=row.get("attempts", 1) + 1)
 
     def _collect(self, study, row: dict, state) -> None:
         from studbook.evolve.study import tell
@@ -408,9 +411,7 @@ class Driver:
     def resume_asked(self, study) -> None:
         """Trials asked before a kill: a trial with no row, or a row killed before queueing,
         is queued again from its parameters (the same candidate)."""
-        from optuna.trial import FixedTrial, TrialState
-
-        from studbook.evolve.space import suggest
+        from optuna.trial import TrialState
 
         rows = {r["trial"]: r for r in self.search.rows() if r["kind"] == "candidate"}
         for trial in study.trials:
@@ -418,8 +419,7 @@ class Driver:
             if trial.state == TrialState.RUNNING and (row is None or row["status"] == "proposed"):
                 say("requeue", f"{self.search.name}-{trial.number:03d} (asked before the driver stopped)")
                 self.queue.ensure_worktree()
-                self._queue_trial(study, trial.number, suggest(FixedTrial(trial.params), self.space,
-                                                                self.search.work / "conf"), attempts=1)
+                self._queue_trial(study, trial.number, self._again(trial.params), attempts=1)
 
     def run(self) -> None:
         from studbook.evolve.study import open_study
