@@ -146,3 +146,35 @@ def test_a_noise_run_another_search_measured_is_reused_only_for_the_same_parent_
     # reused: it costs the second search nothing
     from studbook.evolve.ledger import summary
     assert summary([{**reused, "trial": 0}])["worker_seconds"] == 0.0
+
+
+def test_a_task_that_exited_0_is_still_running_until_its_experiment_ref_is_fetched(tmp_path):
+    """DVC's worker fetches an experiment's ref after the executor has written its return
+    code: a 0 without a ref is being collected (found by the must-show search, where two
+    successful candidates were recorded as crashed), a failure only after COLLECT_SECONDS,
+    and a success as soon as the ref is there."""
+    import json
+    import os
+
+    from studbook.evolve.queue import COLLECT_SECONDS, FAILED, RUNNING, SUCCESS, Queue
+
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "config", "user.email", "t@t")
+    _git(tmp_path, "config", "user.name", "t")
+    (tmp_path / "f").write_text("x")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "baseline")
+    baseline = _git(tmp_path, "rev-parse", "HEAD")
+    queue = Queue(tmp_path, tmp_path, baseline)
+    run_file = tmp_path / ".dvc/tmp/exps/run/t1/t1.json"
+    run_file.parent.mkdir(parents=True)
+    run_file.write_text(json.dumps({"pid": 1, "returncode": 0}))
+    assert queue.state("t1", "s-000").state == RUNNING
+    old = time.time() - COLLECT_SECONDS - 1
+    os.utime(run_file, (old, old))
+    assert queue.state("t1", "s-000").state == FAILED
+    _git(tmp_path, "update-ref", f"refs/exps/{baseline[:2]}/{baseline[2:]}/s-000", baseline)
+    state = queue.state("t1", "s-000")
+    assert state.state == SUCCESS and state.finished == pytest.approx(old)
+    run_file.write_text(json.dumps({"pid": 1, "returncode": 255}))
+    assert queue.state("t1", "s-001").state == FAILED

@@ -334,7 +334,8 @@ class Driver:
                 timing = self._timing(row, state, now)
                 status = "timed-out" if row["status"] == "killing" else "crashed"
                 error = (f"over the cap of {self._cap(row):.0f} s" if status == "timed-out"
-                         else _error(self.queue.log_tail(row["task"], 60)))
+                         else "it finished, but DVC never collected its experiment (no ref)"
+                         if state.returncode == 0 else _error(self.queue.log_tail(row["task"], 60)))
                 self.search.put({**row, "status": status, "timing": timing, "error": error,
                                  "log_tail": self.queue.log_tail(row["task"], 15)})
                 if row["kind"] == "candidate":

@@ -30,6 +30,10 @@ from pathlib import Path
 from studbook.core.errors import StudbookError
 
 QUEUED, RUNNING, SUCCESS, FAILED, STALE = "queued", "running", "success", "failed", "stale"
+# A task's run file has its return code once the executor exits, but its experiment ref is
+# fetched into the repository by the worker afterwards (seconds on a busy machine): a 0
+# without a ref is still being collected, and a failure only after this long.
+COLLECT_SECONDS = 300.0
 
 
 def _run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> str:
@@ -196,6 +200,9 @@ class Queue:
         finished = file.stat().st_mtime  # rewritten with the return code at exit
         if code == 0 and self.experiment_ref(name):
             return TaskState(SUCCESS, pid, code, finished)
+        if code == 0 and time.time() - finished < COLLECT_SECONDS:
+            # the executor has exited; its worker fetches the experiment's ref after that
+            return TaskState(RUNNING, pid, code, finished)
         return TaskState(FAILED, pid, code, finished)
 
     def log_tail(self, task: str, lines: int = 30) -> str:
