@@ -8,8 +8,8 @@ import pytest
 
 from studbook.core.errors import StudbookError
 from studbook.evidence.gate import Scores, decide
-from studbook.evidence.selection import (Scope, confirm, read_scope, scoped_contract, split, verdict,
-                                         SelectionRecord)
+from studbook.evidence.selection import (Scope, confirm, read_scope, read_selection, scoped_contract, split,
+                                         verdict, SelectionRecord)
 from studbook.repository.recipes import HarvestSpec
 
 from test_gate import CONTRACT as GATE_CONTRACT
@@ -25,10 +25,10 @@ def scores(name, bpb: dict[str, float], acc=(1,) * 10):
         "mc": {f"m{i}": {"acc": v, "choices": 4} for i, v in enumerate(acc)}})
 
 
-def record(noise: dict[str, float], parent="p", finalists=1) -> SelectionRecord:
+def record(noise: dict[str, float], parent="p", finalists=1, of="parent") -> SelectionRecord:
     return SelectionRecord(search="s1", trial=3, candidates=8, finalists=finalists, rank=1,
                            sampler="tpe, seed 0", noise={
-                               "parent": parent, "parent_sha256": "a" * 64, "seed": 1235,
+                               "of": of, "parent": parent, "parent_sha256": "a" * 64, "seed": 1235,
                                "experiment": "b" * 40, "weights_sha256": "c" * 64,
                                "scores": {"bpb": noise}})
 
@@ -82,6 +82,34 @@ def test_a_confirmed_gain_below_the_noise_floor_is_rejected_and_above_it_promote
     assert decided["reasons"][-1] == "above the noise floor 0.0200"
     # the card's benchmark deltas are on all items, as the child's lm-eval figures are
     assert decided["parent_benchmarks"]["p"]["bpb"] == pytest.approx(np.mean(list(base.values())))
+
+
+def test_a_finalist_twin_measures_how_far_the_finalists_own_gain_moves_with_the_seed(tmp_path):
+    """noise.rerun: finalist. The floor is |mean(twin − finalist)| on the confirmation items,
+    whatever the parent's own seed-to-seed spread: the parent's weights are the same for
+    both, so the parent cancels out of the paired gain."""
+    base = {i: 3.0 + 0.01 * (k % 7) for k, i in enumerate(IDS)}
+    finalist = {i: v - 0.05 for i, v in base.items()}
+    child, parent = scores("c", finalist), scores("p", base)
+    twin = {i: v + 0.004 for i, v in finalist.items()}  # the same recipe, seed + 1: 0.004 less gain
+    decided = confirm(child, [parent], CONTRACT, SCOPE, record(twin, of="finalist"))
+    assert decided["verdict"] == "promoted"
+    noise = decided["selection"]["noise"]
+    assert noise["of"] == "finalist" and noise["rebred"] == "c" and noise["parent"] == "p"
+    assert noise["floor"] == pytest.approx(0.004) and noise["n_items"] == 40
+    assert decided["reasons"][-1] == "above the noise floor 0.0040"
+    wild = {i: v - 0.07 for i, v in finalist.items()}  # seed alone moves the gain by more than it
+    decided = confirm(child, [parent], CONTRACT, SCOPE, record(wild, of="finalist"))
+    assert decided["verdict"] == "rejected"
+    assert decided["reasons"] == ["confirmed gain 0.0500 does not exceed the noise floor 0.0700 "
+                                  "(c re-bred with seed 1235)"]
+    (tmp_path / "generations" / "c").mkdir(parents=True)
+    (tmp_path / "generations" / "c" / "selection.json").write_text(
+        '{"search": "s1", "trial": 0, "candidates": 1, "finalists": 1, "rank": 1, "sampler": "tpe", "noise": '
+        '{"of": "sibling", "parent": "p", "parent_sha256": "a", "seed": 1, "experiment": "b", '
+        '"weights_sha256": "c", "scores": {}}}')
+    with pytest.raises(StudbookError, match="noise.of"):
+        read_selection("c", tmp_path)
 
 
 def test_a_noise_run_of_a_non_parent_or_without_confirmation_scores_is_refused():

@@ -41,10 +41,14 @@ class Scope(BaseModel):
 
 class NoiseRun(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    parent: str
+    of: Literal["parent", "finalist"] = Field(
+        default="parent", description="what was re-bred with another seed: the reference parent (the "
+        "floor is its seed-to-seed difference) or this finalist (its twin: the floor is how far the "
+        "finalist's own gain moves with the seed)")
+    parent: str = Field(description="the reference parent")
     parent_sha256: str
     seed: int
-    experiment: str = Field(description="the DVC experiment commit that re-bred the parent")
+    experiment: str = Field(description="the DVC experiment commit of the re-breed")
     weights_sha256: str
     scores: dict[str, dict[str, float]] = Field(description="task -> item id -> primary metric")
 
@@ -187,7 +191,7 @@ def confirm(child: Scores, parents: list[Scores], contract, scope: Scope,
     decided["parent_benchmarks"] = decide(child, parents, contract)["parent_benchmarks"]
     primary = contract.primary
     noise = record.noise
-    reference = {p.name: p for p in parents}.get(noise.parent)
+    reference = child if noise.of == "finalist" else {p.name: p for p in parents}.get(noise.parent)
     if reference is None:
         raise ValueError(f"the noise run re-bred {noise.parent}, which is not a parent")
     ids = {t: held[t] for t in primary.tasks}
@@ -204,7 +208,7 @@ def confirm(child: Scores, parents: list[Scores], contract, scope: Scope,
     if decided["verdict"] == "promoted" and confirmed <= floor:
         decided["verdict"] = "rejected"
         decided["reasons"] = [f"confirmed gain {confirmed:.4f} does not exceed the noise floor "
-                              f"{floor:.4f} ({noise.parent} re-bred with seed {noise.seed})"]
+                              f"{floor:.4f} ({reference.name} re-bred with seed {noise.seed})"]
     elif decided["verdict"] == "promoted":
         decided["reasons"].append(f"above the noise floor {floor:.4f}")
     decided["selection"] = {
@@ -215,7 +219,8 @@ def confirm(child: Scores, parents: list[Scores], contract, scope: Scope,
         "selection": {"verdict": picked["verdict"], **_figures(picked["primary"]["net_gain"])},
         "confirmation": {"confidence": strict.gate.confidence,
                          **_figures(decided["primary"]["net_gain"])},
-        "noise": {"parent": noise.parent, "seed": noise.seed, "experiment": noise.experiment,
+        "noise": {"of": noise.of, "rebred": reference.name, "parent": noise.parent, "seed": noise.seed,
+                  "experiment": noise.experiment,
                   "weights_sha256": noise.weights_sha256, "floor": floor,
                   **_figures(floor_stats)},
     }

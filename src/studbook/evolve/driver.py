@@ -206,6 +206,7 @@ def measured_noise(repo: Path, search: str, noise: dict) -> dict | None:
             continue
         for row in ledgers.read_ledger(path):
             if not (row["kind"] == "noise" and row["status"] == "measured"
+                    and row["noise"].get("of", "parent") == "parent"
                     and row["noise"]["parent"] == noise["parent"] and row["noise"]["seed"] == noise["seed"]):
                 continue
             shown = subprocess.run(["git", "show", f"{row['experiment']['baseline']}:cards/{noise['parent']}.json"],
@@ -235,6 +236,7 @@ class Driver:
             self.env["STUDBOOK_PROFILE_DIR"] = str(search.profile_dir)
         self.promote = promote
         self.prepared = False  # finalists widened while a noise run still ran
+        self.twins_queued = False
 
     # --- one candidate ---------------------------------------------------------------
     def ask_one(self, study) -> None:
@@ -273,17 +275,21 @@ class Driver:
                       if r["kind"] == "candidate" and r["status"] in ledgers.FINAL + ("selected",))
 
     def queue_noise(self) -> None:
+        """`noise.rerun: parent`: each reference parent re-bred with another seed, queued first
+        (or reused from another search)."""
         from studbook.core.config import load_yaml
         from studbook.repository.card_files import load_json
 
+        if self.space.noise.rerun != "parent":
+            return
         for index, parent in enumerate(reference_parents(self.space)):
             if self.search.row("noise", index) is not None:
                 continue
             seed = int(load_yaml(self.search.work / "generations" / parent / "recipe.yaml")["seed"]) \
                 + self.space.noise.seed_offset
             card = load_json((self.search.work / "cards" / f"{parent}.json").read_text(), f"cards/{parent}.json")
-            noise = {"parent": parent, "seed": seed, "parent_sha256": card["weights_sha256"],
-                     "parent_recipe_sha256": card["recipe_sha256"]}
+            noise = {"of": "parent", "parent": parent, "rebred": parent, "seed": seed,
+                     "parent_sha256": card["weights_sha256"], "parent_recipe_sha256": card["recipe_sha256"]}
             reused = measured_noise(self.search.repo, self.search.name, noise)
             if reused is not None:
                 self.search.put(reused | {"trial": index})
@@ -297,6 +303,35 @@ class Driver:
             row["task"] = self.queue.queue_noise(name, parent, seed)
             self.search.put({**row, "status": "queued"})
             say("queued", f"{name} ({parent} re-bred with seed {seed}: the noise floor)")
+
+    def queue_twins(self) -> int:
+        """`noise.rerun: finalist`: once every candidate is done, each finalist re-bred with
+        another seed (its twin) and evaluated on every item; returns how many were queued."""
+        from studbook.evolve import promotion
+
+        self.twins_queued = True
+        queued = 0
+        for row in promotion.finalists(self.search, self.space):
+            if self.search.row("noise", row["trial"]) is not None:
+                continue
+            seed = self.space.seed + self.space.noise.seed_offset
+            name = f"{row['name']}-twin"
+            twin = {"kind": "noise", "trial": row["trial"], "name": name, "status": "proposed",
+                    "parents": [row["reference_parent"]], "attempts": 1,
+                    "noise": {"of": "finalist", "parent": row["reference_parent"], "rebred": row["name"],
+                              "seed": seed, "experiment_of": row["experiment"]["commit"]}}
+            self.search.put(twin)
+            twin["task"] = self._queue_noise_row(twin)
+            self.search.put({**twin, "status": "queued"})
+            say("queued", f"{name} ({row['name']} re-bred with seed {seed}: its noise floor)")
+            queued += 1
+        return queued
+
+    def _queue_noise_row(self, row: dict) -> str:
+        noise = row["noise"]
+        if noise.get("of", "parent") == "finalist":
+            return self.queue.queue_twin(row["name"], noise["rebred"], noise["experiment_of"], noise["seed"])
+        return self.queue.queue_noise(row["name"], noise["parent"], noise["seed"])
 
     # --- watching ----------------------------------------------------------------------
     def poll(self, study) -> int:
@@ -366,7 +401,7 @@ class Driver:
     def _requeue(self, study, row: dict) -> None:
         say("requeue", f"{row['name']} (its worker died; attempt {row.get('attempts', 1) + 1})")
         if row["kind"] == "noise":
-            task = self.queue.queue_noise(row["name"], row["noise"]["parent"], row["noise"]["seed"])
+            task = self._queue_noise_row(row)
             self.search.put({**row, "status": "queued", "task": task, "timing": None,
                              "attempts": row.get("attempts", 1) + 1})
             return
@@ -379,7 +414,7 @@ class Driver:
         commit = self.queue.experiment_ref(row["name"])
         timing = self._timing(row, state, time.time())
         experiment = {"name": row["name"], "commit": commit, "baseline": self.state["baseline"]}
-        folder = row["name"] if row["kind"] == "candidate" else row["noise"]["parent"]
+        folder = row["name"] if row["kind"] == "candidate" else row["noise"].get("rebred", row["noise"]["parent"])
         compute = load_json(self.queue.show(commit, f"generations/{folder}/compute.json"), "compute.json")
         timing["train_seconds"] = float(compute.get("seconds") or 0.0)
         if timing.get("wall_seconds"):
@@ -439,12 +474,14 @@ class Driver:
                 self.ask_one(study)
                 in_flight += 1
                 flying += 1
+            done = in_flight == 0 and (asked(study) >= budget.candidates or not self._wall_allows())
+            if done and self.promote and self.space.noise.rerun == "finalist" and not self.twins_queued:
+                flying += self.queue_twins()
             if flying:
                 self.queue.ensure_workers(budget.workers, self.env)
-            elif asked(study) >= budget.candidates or not self._wall_allows():
+            elif done:
                 break
-            if self.promote and not self.prepared and in_flight == 0 and (
-                    asked(study) >= budget.candidates or not self._wall_allows()):
+            if done and self.promote and not self.prepared:
                 self._prepare(candidates)
             time.sleep(1.0)
 

@@ -161,7 +161,7 @@ def markdown(search: str, rows: list[dict]) -> str:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in sorted((r.get("params") or {}).items()) if k != "operator")
         if r["kind"] == "noise":
-            params = f"{r['noise']['parent']} seed {r['noise']['seed']}" + (
+            params = f"{r['noise'].get('rebred', r['noise']['parent'])} seed {r['noise']['seed']}" + (
                 f" (measured by search {r['reused_from']})" if r.get("reused_from") else "")
         confirmation = r.get("confirmation")
         share = timing.get("not_training_share")

@@ -53,17 +53,19 @@ def noise_record(work: Path, search: str, contract: str, row: dict, candidates: 
 
     from studbook.core.config import load_yaml
 
-    parent = noise["noise"]["parent"]
+    parent = row["reference_parent"]
+    rebred = noise["noise"].get("rebred", noise["noise"]["parent"])
     commit = noise["experiment"]["commit"]
     primary = load_yaml(work / "conf" / "contract" / f"{contract}.yaml")["primary"]
     scores: dict[str, dict[str, float]] = {}
     for task in primary["tasks"]:
-        text = dvc.api.read(f"generations/{parent}/eval/samples/{task}.jsonl", repo=str(work), rev=commit)
+        text = dvc.api.read(f"generations/{rebred}/eval/samples/{task}.jsonl", repo=str(work), rev=commit)
         scores[task] = {item["id"]: item[primary["metric"]] for item in map(json.loads, text.splitlines())}
     card = json.loads((work / "cards" / f"{parent}.json").read_text())
     return {"search": search, "trial": row["trial"], "candidates": len(candidates),
             "finalists": finalists, "rank": rank, "sampler": sampler,
-            "noise": {"parent": parent, "parent_sha256": card["weights_sha256"], "seed": noise["noise"]["seed"],
+            "noise": {"of": noise["noise"].get("of", "parent"), "parent": parent,
+                      "parent_sha256": card["weights_sha256"], "seed": noise["noise"]["seed"],
                       "experiment": commit, "weights_sha256": noise["noise"]["weights_sha256"],
                       "scores": scores}}
 
@@ -128,16 +130,28 @@ def prepare(search, space, state: dict, threads: str) -> None:
             widen(work, row, threads)
 
 
+def noise_run(rows: list[dict], finalist: dict, rerun: str) -> dict | None:
+    """The measured noise run a finalist is confirmed against: its twin, or its reference
+    parent's re-breed."""
+    for r in rows:
+        if r["kind"] != "noise" or r["status"] != "measured" or r["noise"].get("of", "parent") != rerun:
+            continue
+        if (r["noise"].get("rebred") == finalist["name"] if rerun == "finalist"
+                else r["noise"]["parent"] == finalist["reference_parent"]):
+            return r
+    return None
+
+
 def promote(search, space, state: dict, prepared: bool = False) -> None:
     chosen = finalists(search, space)
     rows = search.rows()
     candidates = [r for r in rows if r["kind"] == "candidate"]
-    noise = next((r for r in rows if r["kind"] == "noise" and r["status"] == "measured"), None)
     work = search.promote if prepared else ensure_branch_worktree(search, state["baseline"])
     threads = str(max(1, len(os.sched_getaffinity(0))))  # the workers are stopped by now
     done = _run(["git", "log", "--format=%s", f"{state['baseline']}..{search.branch}"], work)
     for rank, row in enumerate(chosen, start=1):
         name = row["name"]
+        noise = noise_run(rows, row, space.noise.rerun)
         if noise is None:
             search.put({**row, "status": "rejected", "decided_at": "confirmation",
                         "error": "no noise run measured: the noise floor is unknown"})

@@ -114,7 +114,11 @@ class ConfirmSpec(_Strict):
 
 
 class NoiseSpec(_Strict):
-    seed_offset: int = Field(default=1, description="the reference parent re-bred with seed + this")
+    rerun: Literal["parent", "finalist"] = Field(
+        default="parent", description="what the noise run re-breeds with another seed: the reference "
+        "parent (queued first; reused by later searches from the same parent), or each finalist (its "
+        "twin, once the candidates are done: how far the finalist's own gain moves with the seed)")
+    seed_offset: int = Field(default=1, description="the re-breed's seed: the original seed + this")
 
     @model_validator(mode="after")
     def _other_seed(self) -> "NoiseSpec":
