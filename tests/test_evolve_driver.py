@@ -178,3 +178,18 @@ def test_a_task_that_exited_0_is_still_running_until_its_experiment_ref_is_fetch
     assert state.state == SUCCESS and state.finished == pytest.approx(old)
     run_file.write_text(json.dumps({"pid": 1, "returncode": 255}))
     assert queue.state("t1", "s-001").state == FAILED
+
+
+def test_a_tasks_start_is_its_processs_own_start_however_late_the_driver_looks():
+    from studbook.evolve.queue import process_start
+
+    before = time.time()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(1.5)  # the driver looks late
+        started = process_start(child.pid)
+        assert before - 0.05 <= started <= before + 1.0
+    finally:
+        child.kill()
+        child.wait()
+    assert process_start(child.pid) is None

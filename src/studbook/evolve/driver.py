@@ -29,7 +29,7 @@ import yaml
 
 from studbook.core.errors import StudbookError
 from studbook.evolve import ledger as ledgers
-from studbook.evolve.queue import FAILED, QUEUED, RUNNING, STALE, SUCCESS, Queue
+from studbook.evolve.queue import FAILED, QUEUED, RUNNING, STALE, SUCCESS, Queue, process_start
 from studbook.evolve.space import SearchSpace
 
 CODE = ("src", "stages", "conf", "tasks", "dvc.yaml", "params.yaml")
@@ -237,6 +237,7 @@ class Driver:
         self.promote = promote
         self.prepared = False  # finalists widened while a noise run still ran
         self.twins_queued = False
+        self.prepare_thread, self.prepare_error = None, None
 
     # --- one candidate ---------------------------------------------------------------
     def ask_one(self, study) -> None:
@@ -348,9 +349,9 @@ class Driver:
                 flying += 1
             elif state.state == RUNNING:
                 flying += 1
-                # the start as the driver first saw it (± 1 s; a candidate that started while
-                # no driver ran counts from the resume, so its cap is never cut short)
-                timing = row.get("timing") or {"started": now}
+                # the executor's own start (the driver may first see it late: busy confirming,
+                # or resumed), else now
+                timing = row.get("timing") or {"started": process_start(state.pid) or now}
                 if row["status"] == "queued":
                     self.search.put({**row, "status": "running", "timing": timing})
                     say("running", row["name"])
@@ -487,15 +488,35 @@ class Driver:
 
     def _prepare(self, candidates: list[dict]) -> None:
         """Every candidate is done but a noise run is not: evaluate the finalists fully now,
-        on the cores the candidates no longer use."""
+        on the cores the candidates no longer use, in a thread, so the loop keeps polling
+        (the noise run's times stay exact). The thread runs commands and writes no ledger row:
+        the finalists are chosen (and the others ranked out) here, first."""
+        import threading
+
         from studbook.evolve import promotion
 
         self.prepared = True
-        if any(r["status"] == "selected" for r in candidates):
-            busy = sum(1 for r in self.search.rows() if r["status"] in ledgers.IN_FLIGHT)
-            cores = len(os.sched_getaffinity(0))
-            threads = str(max(1, cores - busy * max(1, cores // self.space.budget.workers)))
-            promotion.prepare(self.search, self.space, self.state, threads)
+        if not any(r["status"] == "selected" for r in candidates):
+            return
+        chosen = promotion.finalists(self.search, self.space)
+        busy = sum(1 for r in self.search.rows() if r["status"] in ledgers.IN_FLIGHT)
+        cores = len(os.sched_getaffinity(0))
+        threads = str(max(1, cores - busy * max(1, cores // self.space.budget.workers)))
+
+        def work() -> None:
+            try:
+                promotion.prepare(self.search, chosen, self.state, threads)
+            except BaseException as exc:  # re-raised by finish_prepare, in the driver's thread
+                self.prepare_error = exc
+
+        self.prepare_thread = threading.Thread(target=work, name="prepare", daemon=True)
+        self.prepare_thread.start()
+
+    def finish_prepare(self) -> None:
+        if self.prepare_thread is not None:
+            self.prepare_thread.join()
+        if self.prepare_error is not None:
+            raise self.prepare_error
 
     def _wall_allows(self) -> bool:
         walls = [r["timing"]["wall_seconds"] for r in self.search.rows()
@@ -551,6 +572,7 @@ def evolve(name: str, space_name: str | None = None, budget: dict | None = None,
                           f"{space.budget.workers} workers, cap {space.budget.candidate_seconds:.0f} s")
         driver = Driver(search, space, state, promote, profile)
         driver.run()
+        driver.finish_prepare()
         driver.queue.stop_workers()
         if search.profile_dir.is_dir():
             _write_profile(search)

@@ -120,12 +120,12 @@ def finalists(search, space) -> list[dict]:
     return selected[:space.confirm.finalists]
 
 
-def prepare(search, space, state: dict, threads: str) -> None:
+def prepare(search, chosen: list[dict], state: dict, threads: str) -> None:
     """While the noise run still runs: widen and evaluate every finalist (section 7.3 of the
-    design: the finalists' full evaluation overlaps the noise run)."""
+    design: the finalists' full evaluation overlaps the noise run). Writes no ledger row."""
     work = ensure_branch_worktree(search, state["baseline"])
     done = _run(["git", "log", "--format=%s", f"{state['baseline']}..{search.branch}"], work)
-    for row in finalists(search, space):
+    for row in chosen:
         if f"{row['name']}: promoted by search" not in done:
             widen(work, row, threads)
 

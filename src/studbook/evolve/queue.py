@@ -75,6 +75,17 @@ def _alive(pid: int) -> bool:
     return not (stat.is_file() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
+def process_start(pid: int | None) -> float | None:
+    """Epoch seconds at which process `pid` started (its start in clock ticks since boot,
+    /proc/PID/stat field 22, against /proc/uptime), or None once it is gone."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def descendants(pid: int) -> list[int]:
     """Every live descendant of `pid`, children first listed before theirs (from /proc)."""
     children: dict[int, list[int]] = {}
