@@ -147,20 +147,22 @@ def worker_env(workers: int) -> dict:
     return env
 
 
-def write_candidate(work: Path, name: str, proposal, space: SearchSpace, search: str, trial: int) -> str:
+def write_candidate(work: Path, name: str, proposal, space: SearchSpace, search: str, trial: int,
+                    seed: int | None = None, scoped: bool = True) -> str:
     """The candidate's folder in the worktree (recipe, scope, dvc.yaml, a compute.json
     placeholder so the breed stage's wall time lands in the experiment commit); returns the
-    recipe text. Raises StudbookError when `propose` refuses it."""
+    recipe text. Raises StudbookError when `propose` refuses it. A finalist's twin is the
+    same candidate with another `seed` and no scope (evaluated on every item)."""
     from studbook.repository.proposal import propose
 
     contract_primary = _primary_tasks(work, space.contract)
     with contextlib.chdir(work):
-        propose(name, proposal.method, proposal.parents, space.seed, proposal.choices,
+        propose(name, proposal.method, proposal.parents, space.seed if seed is None else seed, proposal.choices,
                 conf_dir="conf", parameters=proposal.parameters, overrides=proposal.overrides,
                 selection={"rule": f"search {search}, trial {trial} ({space.sampler.name}, seed "
                                    f"{space.sampler.seed})", "search": search, "trial": trial},
                 scope={"search": search, "salt": search, "items_per_task": space.selection.items_per_task,
-                       "tasks": contract_primary, "evaluate": "selection"})
+                       "tasks": contract_primary, "evaluate": "selection"} if scoped else None)
         # what the card shows if DVC's run cache restores breed (a candidate identical to one
         # bred before, in any search sharing this cache): nothing was computed for it
         Path("generations", name, "compute.json").write_text(json.dumps(
@@ -320,7 +322,7 @@ class Driver:
             twin = {"kind": "noise", "trial": row["trial"], "name": name, "status": "proposed",
                     "parents": [row["reference_parent"]], "attempts": 1,
                     "noise": {"of": "finalist", "parent": row["reference_parent"], "rebred": row["name"],
-                              "seed": seed, "experiment_of": row["experiment"]["commit"]}}
+                              "seed": seed}}
             self.search.put(twin)
             twin["task"] = self._queue_noise_row(twin)
             self.search.put({**twin, "status": "queued"})
@@ -330,8 +332,11 @@ class Driver:
 
     def _queue_noise_row(self, row: dict) -> str:
         noise = row["noise"]
-        if noise.get("of", "parent") == "finalist":
-            return self.queue.queue_twin(row["name"], noise["rebred"], noise["experiment_of"], noise["seed"])
+        if noise.get("of", "parent") == "finalist":  # the finalist's own proposal, another seed, no scope
+            finalist = self.search.row("candidate", row["trial"])
+            write_candidate(self.search.work, finalist["name"], self._again(finalist["params"]), self.space,
+                            self.search.name, row["trial"], seed=noise["seed"], scoped=False)
+            return self.queue.queue_candidate(row["name"], folder=finalist["name"])
         return self.queue.queue_noise(row["name"], noise["parent"], noise["seed"])
 
     # --- watching ----------------------------------------------------------------------

@@ -110,9 +110,10 @@ def _threads_env(threads: str) -> dict:
 def finalists(search, space) -> list[dict]:
     """The selected candidates best by selection gain, `confirm.finalists` of them; the
     others are rejected at ranking (idempotent)."""
-    selected = sorted((r for r in search.rows() if r["kind"] == "candidate" and r["status"] == "selected"),
+    rows = search.rows()
+    selected = sorted((r for r in rows if r["kind"] == "candidate" and r["status"] == "selected"),
                       key=lambda r: (-r["selection"]["net_gain"], r["trial"]))
-    ranked = [r for r in search.rows() if r.get("decided_at") == "ranking"]
+    ranked = [r for r in rows if r.get("decided_at") == "ranking"]
     for place, row in enumerate(selected[space.confirm.finalists:], start=space.confirm.finalists + 1):
         search.put({**row, "status": "rejected", "decided_at": "ranking",
                     "error": f"passed selection, ranked {place} of {len(selected) + len(ranked)}; "

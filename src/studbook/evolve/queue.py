@@ -150,14 +150,16 @@ class Queue:
         _run(dvc("exp", "run", "--queue", "-n", name, *args), self.work)
         return _run(["git", "rev-parse", "refs/exps/celery/stash"], self.work).strip()
 
-    def queue_candidate(self, name: str) -> str:
-        """Queue the candidate folder the caller wrote in the worktree; returns the task id.
-        The folder is staged only while queueing (untracked files are not queued, V1)."""
+    def queue_candidate(self, name: str, folder: str | None = None) -> str:
+        """Queue as experiment `name` the generation folder (default: `name`) the caller wrote
+        in the worktree; returns the task id. The folder is staged only while queueing
+        (untracked files are not queued, V1)."""
         self.assert_clean()
-        paths = [f"generations/{name}"]
+        folder = folder or name
+        paths = [f"generations/{folder}"]
         _run(["git", "add", "-f", *paths], self.work)
         try:
-            task = self._queue(name, [f"generations/{name}/dvc.yaml"])
+            task = self._queue(name, [f"generations/{folder}/dvc.yaml"])
         finally:
             _run(["git", "rm", "-r", "-q", "--cached", *paths], self.work)
             _run(["git", "clean", "-qfd", *paths], self.work)
@@ -169,32 +171,6 @@ class Queue:
         self.assert_clean()
         return self._queue(name, ["-S", f"generations/{parent}/recipe.yaml:seed={seed}",
                                   f"generations/{parent}/dvc.yaml"])
-
-    def queue_twin(self, name: str, generation: str, commit: str, seed: int) -> str:
-        """A finalist re-bred with another seed and evaluated on every item (the noise run of
-        `noise.rerun: finalist`): its folder from its experiment commit, with the recipe's
-        seed changed and no scope, the stages refreshed; staged only while queueing."""
-        import re
-
-        self.assert_clean()
-        path = f"generations/{generation}"
-        _run(["git", "checkout", commit, "--", path], self.work)
-        _run(["git", "reset", "-q"], self.work)
-        try:
-            recipe = self.work / path / "recipe.yaml"
-            text, count = re.subn(r"^seed: .*$", f"seed: {seed}", recipe.read_text(), flags=re.M)
-            if count != 1:
-                raise StudbookError("a finalist's recipe has no top-level seed to change", file=str(recipe))
-            recipe.write_text(text)
-            # no scope: evaluated on every item and gated like any generation (a finalist's
-            # scope would ask for a selection record the twin has no use for)
-            (self.work / path / "scope.yaml").unlink()
-            _run([sys.executable, "-m", "studbook.cli", "refresh", generation], self.work)
-            _run(["git", "add", "-f", path], self.work)
-            return self._queue(name, [f"{path}/dvc.yaml"])
-        finally:
-            _run(["git", "rm", "-r", "-q", "--cached", path], self.work, check=False)
-            _run(["git", "clean", "-qfd", path], self.work)
 
     def ensure_workers(self, workers: int, env: dict) -> None:
         """`dvc queue start -j N` unless N workers are alive (it is idempotent, V13)."""
