@@ -193,3 +193,41 @@ def test_a_tasks_start_is_its_processs_own_start_however_late_the_driver_looks()
         child.kill()
         child.wait()
     assert process_start(child.pid) is None
+
+
+def test_a_candidate_queued_again_replaces_its_queued_twin_and_any_experiment_of_its_name(tmp_path):
+    """Found by CI: the driver was killed after DVC had queued `t1-003` but before the ledger
+    said so; the resumed search queued it again, both ran, and the second could not be queued
+    again over the first's experiment. Queued again, a name has one task and may replace a ref."""
+    import os
+
+    from studbook.evolve.queue import Queue, dvc
+
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "config", "user.email", "t@t")
+    _git(tmp_path, "config", "user.name", "t")
+    subprocess.run(dvc("init", "-q"), cwd=tmp_path, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "baseline")
+    baseline = _git(tmp_path, "rev-parse", "HEAD")
+    queue = Queue(tmp_path, tmp_path, baseline)
+
+    def write():  # what write_candidate does: the folder, untracked, in the worktree
+        gen = tmp_path / "generations" / "s-000"
+        gen.mkdir(parents=True, exist_ok=True)
+        (gen / "dvc.yaml").write_text("stages:\n  echo:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n")
+
+    write()
+    first = queue.queue_candidate("s-000")
+    write()
+    other = queue.queue_candidate("s-001", folder="s-000")
+    assert queue.queued_named("s-000") == [first] and queue.queued_named("s-001") == [other]
+    # an experiment of the name exists (the first task ran): queueing again without -f fails
+    _git(tmp_path, "update-ref", f"refs/exps/{baseline[:2]}/{baseline[2:]}/s-000", baseline)
+    write()
+    with pytest.raises(StudbookError, match="conflicts with existing experiment"):
+        queue.queue_candidate("s-000")
+    write()
+    second = queue.queue_candidate("s-000", again=True)
+    assert second != first and queue.queued_named("s-000") == [second]
+    assert queue.queued_named("s-001") == [other]  # another candidate's task is untouched

@@ -17,6 +17,7 @@ died is queued again (`attempts` counts it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -248,7 +249,7 @@ class Driver:
         trial, proposal = ask(study, self.space, self.search.work / "conf")
         self._queue_trial(study, trial.number, proposal, attempts=1)
 
-    def _queue_trial(self, study, number: int, proposal, attempts: int) -> None:
+    def _queue_trial(self, study, number: int, proposal, attempts: int, again: bool = False) -> None:
         from studbook.evolve.study import tell
 
         name = f"{self.search.name}-{number:03d}"
@@ -267,7 +268,7 @@ class Driver:
         import hashlib
 
         row["recipe_sha256"] = hashlib.sha256(row["recipe"].encode()).hexdigest()
-        row["task"] = self.queue.queue_candidate(name)
+        row["task"] = self.queue.queue_candidate(name, again=again or attempts > 1)
         self.search.put({**row, "status": "queued"})
         say("queued", f"{name} ({proposal.method} from {', '.join(proposal.parents)}; "
                       + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -286,7 +287,8 @@ class Driver:
         if self.space.noise.rerun != "parent":
             return
         for index, parent in enumerate(reference_parents(self.space)):
-            if self.search.row("noise", index) is not None:
+            earlier = self.search.row("noise", index)
+            if earlier is not None and earlier["status"] != "proposed":  # (proposed: killed while queueing)
                 continue
             seed = int(load_yaml(self.search.work / "generations" / parent / "recipe.yaml")["seed"]) \
                 + self.space.noise.seed_offset
@@ -303,7 +305,7 @@ class Driver:
             row = {"kind": "noise", "trial": index, "name": name, "status": "proposed", "parents": [parent],
                    "noise": noise, "attempts": 1}
             self.search.put(row)
-            row["task"] = self.queue.queue_noise(name, parent, seed)
+            row["task"] = self.queue.queue_noise(name, parent, seed, again=earlier is not None)
             self.search.put({**row, "status": "queued"})
             say("queued", f"{name} ({parent} re-bred with seed {seed}: the noise floor)")
 
@@ -315,7 +317,8 @@ class Driver:
         self.twins_queued = True
         queued = 0
         for row in promotion.finalists(self.search, self.space):
-            if self.search.row("noise", row["trial"]) is not None:
+            earlier = self.search.row("noise", row["trial"])
+            if earlier is not None and earlier["status"] != "proposed":  # (proposed: killed while queueing)
                 continue
             seed = self.space.seed + self.space.noise.seed_offset
             name = f"{row['name']}-twin"
@@ -324,20 +327,20 @@ class Driver:
                     "noise": {"of": "finalist", "parent": row["reference_parent"], "rebred": row["name"],
                               "seed": seed}}
             self.search.put(twin)
-            twin["task"] = self._queue_noise_row(twin)
+            twin["task"] = self._queue_noise_row(twin, again=earlier is not None)
             self.search.put({**twin, "status": "queued"})
             say("queued", f"{name} ({row['name']} re-bred with seed {seed}: its noise floor)")
             queued += 1
         return queued
 
-    def _queue_noise_row(self, row: dict) -> str:
+    def _queue_noise_row(self, row: dict, again: bool = False) -> str:
         noise = row["noise"]
         if noise.get("of", "parent") == "finalist":  # the finalist's own proposal, another seed, no scope
             finalist = self.search.row("candidate", row["trial"])
             write_candidate(self.search.work, finalist["name"], self._again(finalist["params"]), self.space,
                             self.search.name, row["trial"], seed=noise["seed"], scoped=False)
-            return self.queue.queue_candidate(row["name"], folder=finalist["name"])
-        return self.queue.queue_noise(row["name"], noise["parent"], noise["seed"])
+            return self.queue.queue_candidate(row["name"], folder=finalist["name"], again=again)
+        return self.queue.queue_noise(row["name"], noise["parent"], noise["seed"], again=again)
 
     # --- watching ----------------------------------------------------------------------
     def poll(self, study) -> int:
@@ -350,6 +353,9 @@ class Driver:
             if row["status"] not in ("queued", "running", "killing") or "task" not in row:
                 continue
             state = self.queue.state(row["task"], row["name"])
+            if state.state in (STALE, FAILED) and self.queue.experiment_ref(row["name"]):
+                # its experiment exists (made by a task queued before a kill): it finished
+                state = dataclasses.replace(state, state=SUCCESS)
             if state.state == QUEUED:
                 flying += 1
             elif state.state == RUNNING:
@@ -407,7 +413,7 @@ class Driver:
     def _requeue(self, study, row: dict) -> None:
         say("requeue", f"{row['name']} (its worker died; attempt {row.get('attempts', 1) + 1})")
         if row["kind"] == "noise":
-            task = self._queue_noise_row(row)
+            task = self._queue_noise_row(row, again=True)
             self.search.put({**row, "status": "queued", "task": task, "timing": None,
                              "attempts": row.get("attempts", 1) + 1})
             return
@@ -461,7 +467,7 @@ class Driver:
             if trial.state == TrialState.RUNNING and (row is None or row["status"] == "proposed"):
                 say("requeue", f"{self.search.name}-{trial.number:03d} (asked before the driver stopped)")
                 self.queue.ensure_worktree()
-                self._queue_trial(study, trial.number, self._again(trial.params), attempts=1)
+                self._queue_trial(study, trial.number, self._again(trial.params), attempts=1, again=True)
 
     def run(self) -> None:
         from studbook.evolve.study import open_study

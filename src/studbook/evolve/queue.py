@@ -146,31 +146,50 @@ class Queue:
                                 f"candidate:\n{status}", file=str(self.work))
 
     # queueing -------------------------------------------------------------------------
-    def _queue(self, name: str, args: list[str]) -> str:
-        _run(dvc("exp", "run", "--queue", "-n", name, *args), self.work)
+    def _queue(self, name: str, args: list[str], again: bool = False) -> str:
+        # queued again (its worker died, or the driver was killed while queueing it): a task of
+        # the same name queued before the kill is dropped first (else two run, and the second
+        # finds the first's experiment), and `-f` lets this one replace a ref left behind
+        if again:
+            self.drop_queued(name)
+        _run(dvc("exp", "run", "--queue", *(["-f"] if again else []), "-n", name, *args), self.work)
         return _run(["git", "rev-parse", "refs/exps/celery/stash"], self.work).strip()
 
-    def queue_candidate(self, name: str, folder: str | None = None) -> str:
+    def queued_named(self, name: str) -> list[str]:
+        """The tasks still waiting in the queue as experiment `name` (DVC's stash entries,
+        whose messages are `dvc-exp:REV:BASELINE:NAME`)."""
+        log = _run(["git", "log", "-g", "--format=%H %gs", "refs/exps/celery/stash", "--"], self.work,
+                   check=False)
+        # (a reflog subject reads "commit: dvc-exp:…")
+        return [line.split()[0] for line in log.splitlines()
+                if " dvc-exp:" in line and line.rsplit(":", 1)[-1] == name]
+
+    def drop_queued(self, name: str) -> None:
+        tasks = self.queued_named(name)
+        if tasks:
+            _run(dvc("queue", "remove", *tasks), self.work)
+
+    def queue_candidate(self, name: str, folder: str | None = None, again: bool = False) -> str:
         """Queue as experiment `name` the generation folder (default: `name`) the caller wrote
         in the worktree; returns the task id. The folder is staged only while queueing
-        (untracked files are not queued, V1)."""
+        (untracked files are not queued, V1). `again`: see `_queue`."""
         self.assert_clean()
         folder = folder or name
         paths = [f"generations/{folder}"]
         _run(["git", "add", "-f", *paths], self.work)
         try:
-            task = self._queue(name, [f"generations/{folder}/dvc.yaml"])
+            task = self._queue(name, [f"generations/{folder}/dvc.yaml"], again)
         finally:
             _run(["git", "rm", "-r", "-q", "--cached", *paths], self.work)
             _run(["git", "clean", "-qfd", *paths], self.work)
         return task
 
-    def queue_noise(self, name: str, parent: str, seed: int) -> str:
+    def queue_noise(self, name: str, parent: str, seed: int, again: bool = False) -> str:
         """The parent re-bred with another seed, inside an experiment only (`-S` leaves the
         worktree untouched, V5); never applied, since it re-breeds under the parent's paths."""
         self.assert_clean()
         return self._queue(name, ["-S", f"generations/{parent}/recipe.yaml:seed={seed}",
-                                  f"generations/{parent}/dvc.yaml"])
+                                  f"generations/{parent}/dvc.yaml"], again)
 
     def ensure_workers(self, workers: int, env: dict) -> None:
         """`dvc queue start -j N` unless N workers are alive (it is idempotent, V13)."""
