@@ -9,11 +9,12 @@ SLERP against the textbook formula.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from studbook.operators.artifacts import build_model, save_model
 from studbook.core.errors import StudbookError
@@ -24,45 +25,71 @@ from studbook.operators.tokenizer import build_tokenizer
 
 from conftest import ROOT
 
-ARCHITECTURES = ["llama_pico", "gpt2_pico"]
+ARCHITECTURES = ["llama_pico", "mistral", "gpt2_pico"]
+RECIPES = Path(__file__).parent / "merge_recipes"
+SEED = 7  # mergekit's --random-seed and the recipe seed: the stochastic methods draw the same
 
 
 def make_family(root, arch: str) -> dict[str, str]:
-    """A base and two children that differ from it by small random task vectors."""
-    spec = ModelSpec.model_validate(yaml.safe_load((ROOT / f"conf/model/{arch}.yaml").read_text()))
+    """A base and three children that differ from it by small random task vectors; `c`'s
+    touches half the entries only, so methods that count overlaps (ram, sce) see both kinds."""
+    from pico import team_model
+
     folders = {}
-    for index, name in enumerate(["base", "a", "b"]):
-        model = build_model(spec, seed=0)
-        if name != "base":
-            generator = torch.Generator().manual_seed(100 + index)
-            with torch.no_grad():
-                for parameter in model.parameters():
-                    parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
+    for index, name in enumerate(["base", "a", "b", "c"]):
         folders[name] = str(root / name)
-        save_model(model, build_tokenizer(spec.context_length), folders[name])
+        if arch in ("llama_pico", "gpt2_pico"):
+            spec = ModelSpec.model_validate(yaml.safe_load((ROOT / f"conf/model/{arch}.yaml").read_text()))
+            save_model(build_model(spec, seed=0), build_tokenizer(spec.context_length), folders[name])
+        else:  # a team's architecture with its own subword tokenizer
+            team_model(root / name, arch, "unigram", seed=0)
+        if name == "base":
+            continue
+        file = root / name / "model.safetensors"
+        tensors = load_file(str(file))
+        generator = torch.Generator().manual_seed(100 + index)
+        for key, tensor in tensors.items():
+            delta = 0.02 * torch.randn(tensor.shape, generator=generator)
+            if name == "c":
+                delta *= torch.rand(tensor.shape, generator=generator) < 0.5
+            tensors[key] = tensor + delta
+        save_file(tensors, str(file), metadata={"format": "pt"})
     return folders
 
 
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    """arch -> (arch, folder, family), each built once (on first use) for the module."""
+    built = {}
+
+    def get(arch: str):
+        if arch not in built:
+            root = tmp_path_factory.mktemp(arch)
+            built[arch] = arch, root, make_family(root, arch)
+        return built[arch]
+    return get
+
+
 @pytest.fixture(scope="module", params=ARCHITECTURES)
-def family(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(request.param)
-    return root, make_family(root, request.param)
+def family(request, families):
+    return families(request.param)
 
 
-CONFIGS = {
-    "linear": {"merge_method": "linear", "dtype": "float32", "models": [
-        {"model": "a", "parameters": {"weight": 0.7}}, {"model": "b", "parameters": {"weight": 0.4}}]},
-    "task_arithmetic": {"merge_method": "task_arithmetic", "base_model": "base", "dtype": "float32",
-                        "parameters": {"lambda": 0.9}, "models": [
-        {"model": "a", "parameters": {"weight": 0.7}}, {"model": "b", "parameters": {"weight": 0.4}}]},
-    "ties": {"merge_method": "ties", "base_model": "base", "dtype": "float32",
-             "parameters": {"normalize": True}, "models": [
-        {"model": "a", "parameters": {"weight": 0.7, "density": 0.5}},
-        {"model": "b", "parameters": {"weight": 0.4, "density": 0.3}}]},
-    "slerp": {"merge_method": "slerp", "base_model": "base", "dtype": "float32",
-              "parameters": {"t": [{"filter": "attn", "value": 0.3}, {"value": 0.6}]},
-              "models": [{"model": "base"}, {"model": "b"}]},
-}
+def recipe(path: Path) -> tuple[dict, dict]:
+    """A mergekit YAML from tests/merge_recipes, and its header: `# parity: identical` (the
+    tensors equal mergekit's, under its random_seed for the random methods) and optionally
+    `# architectures: a b` (default: llama_pico and mistral; gpt2_pico on request, for its
+    Conv1D weights and biases, keeping the default run short)."""
+    text = path.read_text()
+    header = dict(line[2:].split(": ", 1) for line in text.splitlines()
+                  if line.startswith("# ") and line[2:].split(":")[0] in ("parity", "architectures"))
+    return yaml.safe_load(text), header
+
+
+ROWS = sorted(RECIPES.glob("*.yaml"))
+PAIRS = sorted(((arch, row) for row in ROWS  # grouped by architecture: one family each
+                for arch in recipe(row)[1].get("architectures", "llama_pico mistral").split()),
+               key=lambda pair: ARCHITECTURES.index(pair[0]))
 
 
 def write_config(root, folders, config: dict, name: str):
@@ -75,32 +102,43 @@ def write_config(root, folders, config: dict, name: str):
     return path
 
 
-@pytest.mark.parametrize("method", sorted(CONFIGS))
-def test_mergekit_recipe_gives_mergekit_tensors(family, method):
+def mergekit_merge(config_file: Path, out: Path, seed: int = SEED) -> dict:
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    root, folders = family
-    config_file = write_config(root, folders, CONFIGS[method], method)
-    facts = merge_from_yaml(config_file, root / f"studbook_{method}")
-    run_merge(MergeConfiguration.model_validate(yaml.safe_load(config_file.read_text())),
-              str(root / f"mergekit_{method}"),
-              MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
-    ours = load_file(str(root / f"studbook_{method}" / "model.safetensors"))
-    theirs = load_file(str(root / f"mergekit_{method}" / "model.safetensors"))
+    run_merge(MergeConfiguration.model_validate(yaml.safe_load(config_file.read_text())), str(out),
+              MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True, random_seed=seed))
+    return load_file(str(out / "model.safetensors"))
+
+
+@pytest.mark.parametrize("arch,row", PAIRS, ids=[f"{a}-{r.stem}" for a, r in PAIRS])
+def test_mergekit_recipe_gives_mergekit_tensors(families, arch, row):
+    arch, root, folders = families(arch)
+    config, header = recipe(row)
+    assert header.get("parity") == "identical", f"{row.name}: no '# parity: identical' header"
+    config_file = write_config(root, folders, config, row.stem)
+    facts = merge_from_yaml(config_file, root / f"studbook_{row.stem}", seed=SEED)
+    theirs = mergekit_merge(config_file, root / f"mergekit_{row.stem}")
+    ours = load_file(str(root / f"studbook_{row.stem}" / "model.safetensors"))
     assert sorted(ours) == sorted(theirs) and facts["tensors"] == len(ours)
     for name in theirs:
-        assert torch.equal(ours[name], theirs[name]), f"{method}: {name} differs"
+        assert ours[name].dtype == theirs[name].dtype, f"{row.stem}: {name} is {ours[name].dtype}"
+        assert torch.equal(ours[name], theirs[name]), f"{row.stem}: {name} differs"
     # and the merge did something: not a copy of any input
-    base = load_file(str(root / "base" / "model.safetensors"))
-    assert any(not torch.equal(ours[n], base[n]) for n in base)
+    for model in folders.values():
+        inputs = load_file(str(Path(model) / "model.safetensors"))
+        assert any(not torch.equal(ours[n], inputs[n].to(ours[n].dtype)) for n in ours)
 
 
-def test_every_registered_merge_method_has_a_test_row():
+def test_every_mergekit_method_is_registered_and_has_a_recipe_row():
+    from mergekit.merge_methods import registered_methods
+
     from studbook.operators import merges
 
-    assert set(merges.known()) == set(CONFIGS) | {"dare_linear", "dare_ties"}
+    assert len(registered_methods()) == 20
+    assert set(merges.known()) == {m.spec.name for m in registered_methods()}
+    assert {recipe(r)[0]["merge_method"] for r in ROWS} == set(merges.known())
 
 
 def _dare_reference(base, deltas, weights, density, seed, elect_sign):
@@ -125,7 +163,7 @@ def _dare_reference(base, deltas, weights, density, seed, elect_sign):
 
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
 def test_dare_matches_its_definition_with_a_fixed_seed(family, method):
-    root, folders = family
+    _arch, root, folders = family
     config = {"merge_method": method, "base_model": "base", "models": [
         {"model": "a", "parameters": {"weight": 0.6, "density": 0.4}},
         {"model": "b", "parameters": {"weight": 0.5, "density": 0.4}}]}
@@ -164,9 +202,10 @@ def test_slerp_is_the_textbook_formula():
 
 
 def test_streamed_file_is_valid_safetensors_with_declared_dtype(family):
-    root, folders = family
-    merge_from_yaml(write_config(root, folders, CONFIGS["task_arithmetic"], "f32"), root / "f32")
-    config = dict(CONFIGS["task_arithmetic"], out_dtype="bfloat16")
+    _arch, root, folders = family
+    task_arithmetic = recipe(RECIPES / "task_arithmetic.yaml")[0]
+    merge_from_yaml(write_config(root, folders, task_arithmetic, "f32"), root / "f32")
+    config = dict(task_arithmetic, out_dtype="bfloat16")
     merge_from_yaml(write_config(root, folders, config, "bf16"), root / "bf16")
     tensors = load_file(str(root / "bf16" / "model.safetensors"))
     full = load_file(str(root / "f32" / "model.safetensors"))

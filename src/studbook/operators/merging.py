@@ -60,21 +60,30 @@ def parse_config(data: Any, file: str, prefix: str = "") -> MergeConfig:
     config = validate(MergeConfig, data, file=file, prefix=prefix)
     at = f"{prefix}." if prefix else ""
     method = merges.get(config.merge_method, file=file, key=f"{at}merge_method")
-    names = [m.model for m in config.models]
     if method.needs_base and config.base_model is None:
         raise StudbookError(f"'{method.name}' needs a base_model", file=file, key=f"{at}base_model")
-    non_base = [n for n in names if n != config.base_model]
-    if len(non_base) < method.min_models or (method.max_models and len(non_base) > method.max_models):
+    count = len(inputs(config, method))
+    if count < method.min_models or (method.max_models and count > method.max_models):
+        besides = "" if method.base == "ignored" else " besides the base"
         raise StudbookError(f"'{method.name}' merges {method.min_models} to "
-                            f"{method.max_models or 'any'} model(s) besides the base, got {len(non_base)}",
+                            f"{method.max_models or 'any'} model(s){besides}, got {count}",
                             file=file, key=f"{at}models")
+    listed = {e.model: i for i, e in enumerate(config.models)}
+    for name in inputs(config, method):
+        if name in listed:
+            continue
+        for key, default in method.per_model.items():  # an appended base: only global values
+            if default is None and key not in config.parameters:
+                raise StudbookError(f"'{method.name}' averages in base_model '{name}' (as mergekit "
+                                    f"does) and needs '{key}' for it: list it under models or set a "
+                                    f"global '{key}'", file=file, key=f"{at}parameters.{key}")
     for index, entry in enumerate(config.models):
         for key in entry.parameters:
             if key not in method.per_model:
                 raise StudbookError(f"'{method.name}' has no per-model parameter '{key}' "
                                     f"(known: {', '.join(method.per_model) or 'none'})",
                                     file=file, key=f"{at}models[{index}].parameters.{key}")
-        if entry.model == config.base_model:
+        if entry.model == config.base_model and method.base != "ignored":
             continue
         for key, default in method.per_model.items():
             if default is None and key not in entry.parameters and key not in config.parameters:
@@ -127,30 +136,58 @@ def _check_normalizable(config: MergeConfig, method, file: str, at: str) -> None
     normalize = config.parameters.get("normalize", method.shared["normalize"])
     if not any(_scalars(normalize)):
         return
-    entries = [e for e in config.models if e.model != config.base_model]
-    values = [e.parameters.get("weight", config.parameters.get("weight")) for e in entries]
+    entries = {e.model: e for e in config.models}
+    values = [entries[n].parameters.get("weight", config.parameters.get("weight")) if n in entries
+              else config.parameters.get("weight") for n in inputs(config, method)]
     probes = {""} | {f.filter for v in values if isinstance(v, list) for f in v
                      if f.filter not in (None, "*")}
     for probe in sorted(probes):  # a tensor named like each filter, and one matching none
-        try:
-            total = sum(float(_resolve(v, probe)) for v in values if v is not None)
-        except StudbookError:
+        resolved = [_resolve(v, probe) for v in values if v is not None]
+        if any(r is None for r in resolved):
             continue
+        total = sum(float(r) for r in resolved)
         if abs(total) < 1e-12:
             raise StudbookError(f"the weights{f' for tensors matching {probe!r}' if probe else ''} sum to 0, "
                                 f"and '{method.name}' with normalize divides by their sum (set "
                                 "normalize: false, or weights that do not cancel)", file=file, key=f"{at}models")
 
 
-def _resolve(value: ParamValue, tensor_name: str) -> Scalar:
-    """A scalar, or the first filter entry whose filter occurs in the tensor's name."""
+def inputs(config: MergeConfig, method) -> list[str]:
+    """The models a method's `tensors` are, in mergekit's order: the listed models in config
+    order, the base_model appended last when not listed (`plan.py`: mergekit averages it in
+    for the methods that ignore the base's role); without the base for the other methods."""
+    names = [m.model for m in config.models]
+    if method.base == "ignored":
+        return names + ([config.base_model] if config.base_model and config.base_model not in names else [])
+    return [n for n in names if n != config.base_model]
+
+
+def _resolve(value: ParamValue, tensor_name: str) -> Scalar | None:
+    """A scalar, or the first filter entry whose filter occurs in the tensor's name (None
+    when none does: mergekit then falls through to the next scope)."""
     if not isinstance(value, list):
         return value
     for entry in value:
         if entry.filter in (None, "*") or entry.filter in tensor_name:
             return entry.value
-    raise StudbookError(f"no parameter value applies to tensor '{tensor_name}' "
-                        "(add an entry without a filter)")
+    return None
+
+
+_UNSET = object()
+
+
+def lookup(scopes: list[dict], key: str, tensor_name: str, default: Any, method: str) -> Scalar:
+    """mergekit's precedence (`parameter_resolver.py`): the first scope whose value applies to
+    the tensor, else the method's default, else an error naming the tensor."""
+    for scope in scopes:
+        if key in scope:
+            value = _resolve(scope[key], tensor_name)
+            if value is not None:
+                return value
+    if default is None:
+        raise StudbookError(f"'{method}': no value of '{key}' applies to tensor '{tensor_name}' "
+                            "(add an entry without a filter)", key=key)
+    return default
 
 
 def _header(folder: Path) -> tuple[Path, dict[str, tuple[tuple[int, ...], str]]]:
@@ -176,6 +213,12 @@ def _read(file: Path, name: str):
 _ST_DTYPES = {"F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
               "F64": ("float64", 8)}
 _TORCH_TO_ST = {name: (code, size) for code, (name, size) in _ST_DTYPES.items()}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, _ST_DTYPES[name][0] if name in _ST_DTYPES else name)
 
 
 class SafetensorsWriter:
@@ -235,39 +278,43 @@ def run_merge(config: MergeConfig, resolve: Callable[[str], Path], out_dir: str 
 
     method = merges.get(config.merge_method)
     out_dir = Path(out_dir)
-    names = [m.model for m in config.models]
     base_name = config.base_model
-    order = ([base_name] if base_name else []) + [n for n in names if n != base_name]
+    merged_in = inputs(config, method)  # the `tensors` a method receives, in mergekit's order
+    role_base = base_name if method.base != "ignored" else None
+    order = ([role_base] if role_base else []) + merged_in
     files, headers = {}, {}
     for name in order:
         files[name], headers[name] = _header(resolve(name))
-    reference = order[0]
-    for name in order[1:]:
+    reference = base_name if base_name in headers else order[0]  # mergekit's config donor
+    for name in order:
         check_same_tensors(reference, headers[reference], name, headers[name])
-    entries = [m for m in config.models if m.model != base_name]
-    torch.manual_seed(seed)  # the random methods (DARE) draw from torch's generator
-    out_dtype = getattr(torch, config.out_dtype or config.dtype) if (config.out_dtype or config.dtype) else None
+    listed = {m.model: m.parameters for m in config.models}
+    # one seed per merge, as mergekit's `random_seed` (transformers' set_seed): the random
+    # methods draw from torch's global generator, tensor after tensor in the order below
+    torch.manual_seed(seed)
+    out_dtype = getattr(torch, config.out_dtype) if config.out_dtype else None
     work_dtype = getattr(torch, config.dtype) if config.dtype else None
+
+    def written(shape_dtype) -> str:
+        if out_dtype is not None:
+            return config.out_dtype
+        loaded = work_dtype or _torch_dtype(shape_dtype[1])
+        return str(method.output_dtype(loaded)).removeprefix("torch.")
     tensor_names = list(headers[reference])
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = SafetensorsWriter(out_dir / "model.safetensors", {
-        name: (headers[reference][name][0], config.out_dtype or config.dtype or headers[reference][name][1])
-        for name in tensor_names})
+        name: (headers[reference][name][0], written(headers[reference][name])) for name in tensor_names})
     with writer:
         for index, tensor_name in enumerate(tensor_names):
             def load(model: str):
                 tensor = _read(files[model], tensor_name)
                 return tensor.to(work_dtype) if work_dtype else tensor
-            base = load(base_name) if base_name else None
-            tensors = [load(e.model) for e in entries]
-            per_model = []
-            for entry in entries:
-                params = {}
-                for key, default in method.per_model.items():
-                    value = entry.parameters.get(key, config.parameters.get(key, default))
-                    params[key] = _resolve(value, tensor_name)
-                per_model.append(params)
-            shared = {key: _resolve(config.parameters.get(key, default), tensor_name)
+            base = load(role_base) if role_base else None
+            tensors = [load(name) for name in merged_in]
+            per_model = [{key: lookup([listed.get(name, {}), config.parameters], key, tensor_name, default,
+                                      method.name)
+                          for key, default in method.per_model.items()} for name in merged_in]
+            shared = {key: lookup([config.parameters], key, tensor_name, default, method.name)
                       for key, default in method.shared.items()}
             merged = method.merge(base, tensors, per_model, shared)
             writer.write(tensor_name, merged.to(out_dtype) if out_dtype else merged)
@@ -288,7 +335,7 @@ def run_merge(config: MergeConfig, resolve: Callable[[str], Path], out_dir: str 
                 cfg[key] = config.out_dtype or config.dtype
         (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return {"merge_method": method.name, "tensors": len(tensor_names),
-            "models": len(entries), "base_model": base_name,
+            "models": len([n for n in merged_in if n != base_name]), "base_model": base_name,
             "deterministic": method.deterministic}
 
 

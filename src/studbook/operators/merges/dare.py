@@ -16,14 +16,14 @@ from studbook.operators.merges._task_vectors import combine
 _PER_MODEL = {"weight": None, "density": 1.0}
 
 
-@register_merge("dare_linear", needs_base=True, min_models=1, per_model=_PER_MODEL,
+@register_merge("dare_linear", base="required", min_models=1, per_model=_PER_MODEL,
                 shared={"normalize": False, "lambda": 1.0}, deterministic=False,
                 reference="https://arxiv.org/abs/2311.03099")
 def merge_dare_linear(base, tensors, per_model, shared):
     return combine(base, tensors, per_model, shared, prune="random", elect_sign=False)
 
 
-@register_merge("dare_ties", needs_base=True, min_models=1, per_model=_PER_MODEL,
+@register_merge("dare_ties", base="required", min_models=1, per_model=_PER_MODEL,
                 shared={"normalize": False, "lambda": 1.0}, deterministic=False,
                 reference="https://arxiv.org/abs/2311.03099")
 def merge_dare_ties(base, tensors, per_model, shared):

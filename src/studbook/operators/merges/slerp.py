@@ -34,7 +34,7 @@ def slerp(t: float, v0, v1):
     return (coef_a * a + coef_b * b).reshape(v0.shape).to(v0.dtype)
 
 
-@register_merge("slerp", needs_base=True, min_models=1, max_models=1, per_model={},
+@register_merge("slerp", base="required", min_models=1, max_models=1, per_model={},
                 shared={"t": None}, reference="https://en.wikipedia.org/wiki/Slerp")
 def merge_slerp(base, tensors, per_model, shared):
     return slerp(float(shared["t"]), base, tensors[0])

@@ -10,7 +10,7 @@ from studbook.operators.merges import register_merge
 from studbook.operators.merges._task_vectors import combine
 
 
-@register_merge("task_arithmetic", needs_base=True, min_models=1, per_model={"weight": None},
+@register_merge("task_arithmetic", base="required", min_models=1, per_model={"weight": None},
                 shared={"normalize": False, "lambda": 1.0},
                 reference="https://arxiv.org/abs/2212.04089")
 def merge_task_arithmetic(base, tensors, per_model, shared):

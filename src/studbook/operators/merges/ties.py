@@ -14,7 +14,7 @@ from studbook.operators.merges import register_merge
 from studbook.operators.merges._task_vectors import combine
 
 
-@register_merge("ties", needs_base=True, min_models=1,
+@register_merge("ties", base="required", min_models=1,
                 per_model={"weight": None, "density": 1.0},
                 shared={"normalize": True, "lambda": 1.0},
                 reference="https://arxiv.org/abs/2306.01708")
