@@ -63,7 +63,7 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 400, max_leng
 
 
 def team_model(folder: Path, arch: str, tokenizer_kind: str, seed: int = 0,
-               context_length: int = 128) -> Path:
+               context_length: int = 128, **config_overrides) -> Path:
     """A randomly initialised pico model of `arch` with its own trained tokenizer, saved
     with `save_pretrained` (safetensors) into `folder`."""
     import torch
@@ -72,7 +72,7 @@ def team_model(folder: Path, arch: str, tokenizer_kind: str, seed: int = 0,
     # Unigram's EM training is slower: fewer files keep it to about a second
     texts = stdlib_sample(60 if tokenizer_kind == "bpe" else 12)
     tokenizer = train_tokenizer(tokenizer_kind, texts, max_length=context_length)
-    config = AutoConfig.for_model(arch, **ARCHITECTURES[arch], vocab_size=len(tokenizer),
+    config = AutoConfig.for_model(arch, **{**ARCHITECTURES[arch], **config_overrides}, vocab_size=len(tokenizer),
                                   max_position_embeddings=context_length,
                                   bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                                   **({} if "pad_token_id" in ARCHITECTURES[arch]

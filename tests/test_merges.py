@@ -31,20 +31,21 @@ SEED = 7  # mergekit's --random-seed and the recipe seed: the stochastic methods
 
 
 def make_family(root, arch: str) -> dict[str, str]:
-    """A base and three children that differ from it by small random task vectors; `c`'s
-    touches half the entries only, so methods that count overlaps (ram, sce) see both kinds."""
+    """A base and three children that differ from it by small random task vectors (and share
+    its tokenizer, as a family does); `c`'s touches half the entries only, so methods that
+    count overlaps (ram, sce) see both kinds."""
+    import shutil
+
     from pico import team_model
 
-    folders = {}
-    for index, name in enumerate(["base", "a", "b", "c"]):
-        folders[name] = str(root / name)
-        if arch in ("llama_pico", "gpt2_pico"):
-            spec = ModelSpec.model_validate(yaml.safe_load((ROOT / f"conf/model/{arch}.yaml").read_text()))
-            save_model(build_model(spec, seed=0), build_tokenizer(spec.context_length), folders[name])
-        else:  # a team's architecture with its own subword tokenizer
-            team_model(root / name, arch, "unigram", seed=0)
-        if name == "base":
-            continue
+    folders = {name: str(root / name) for name in ["base", "a", "b", "c"]}
+    if arch in ("llama_pico", "gpt2_pico"):
+        spec = ModelSpec.model_validate(yaml.safe_load((ROOT / f"conf/model/{arch}.yaml").read_text()))
+        save_model(build_model(spec, seed=0), build_tokenizer(spec.context_length), folders["base"])
+    else:  # a team's architecture with its own subword tokenizer, 4 layers for gradients
+        team_model(root / "base", arch, "unigram", seed=0, num_hidden_layers=4)
+    for index, name in enumerate(["a", "b", "c"], 1):
+        shutil.copytree(folders["base"], folders[name])
         file = root / name / "model.safetensors"
         tensors = load_file(str(file))
         generator = torch.Generator().manual_seed(100 + index)
@@ -128,7 +129,8 @@ def test_mergekit_recipe_gives_mergekit_tensors(families, arch, row):
     # and the merge did something: not a copy of any input
     for model in folders.values():
         inputs = load_file(str(Path(model) / "model.safetensors"))
-        assert any(not torch.equal(ours[n], inputs[n].to(ours[n].dtype)) for n in ours)
+        assert (set(ours) != set(inputs)
+                or any(not torch.equal(ours[n], inputs[n].to(ours[n].dtype)) for n in ours))
 
 
 def test_every_mergekit_method_is_registered_and_has_a_recipe_row():
@@ -139,55 +141,6 @@ def test_every_mergekit_method_is_registered_and_has_a_recipe_row():
     assert len(registered_methods()) == 20
     assert set(merges.known()) == {m.spec.name for m in registered_methods()}
     assert {recipe(r)[0]["merge_method"] for r in ROWS} == set(merges.known())
-
-
-def _dare_reference(base, deltas, weights, density, seed, elect_sign):
-    """DARE by its definition (Yu et al. 2024): keep each entry with probability p, scale by
-    1/p; then sum (dare_linear) or elect signs and average agreeing entries (dare_ties)."""
-    torch.manual_seed(seed)
-    out = {}
-    for name in base:
-        rescaled = []
-        for delta in deltas:
-            keep = torch.bernoulli(torch.full_like(delta[name], density))
-            rescaled.append(delta[name] * keep / density)
-        stacked = torch.stack(rescaled) * torch.tensor(weights).view(-1, *[1] * base[name].dim())
-        if elect_sign:
-            sign = torch.where(stacked.sum(0) >= 0, 1.0, -1.0)
-            agree = (stacked.sign() == sign).float()
-            out[name] = base[name] + (stacked * agree).sum(0)
-        else:
-            out[name] = base[name] + stacked.sum(0)
-    return out
-
-
-@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
-def test_dare_matches_its_definition_with_a_fixed_seed(family, method):
-    _arch, root, folders = family
-    config = {"merge_method": method, "base_model": "base", "models": [
-        {"model": "a", "parameters": {"weight": 0.6, "density": 0.4}},
-        {"model": "b", "parameters": {"weight": 0.5, "density": 0.4}}]}
-    config_file = write_config(root, folders, config, method)
-    merge_from_yaml(config_file, root / f"{method}_s7", seed=7)
-    merge_from_yaml(config_file, root / f"{method}_s7_again", seed=7)
-    merge_from_yaml(config_file, root / f"{method}_s8", seed=8)
-    first = load_file(str(root / f"{method}_s7" / "model.safetensors"))
-    again = load_file(str(root / f"{method}_s7_again" / "model.safetensors"))
-    other = load_file(str(root / f"{method}_s8" / "model.safetensors"))
-    base = load_file(folders["base"] + "/model.safetensors")
-    deltas = [{n: t - base[n] for n, t in load_file(folders[k] + "/model.safetensors").items()}
-              for k in ("a", "b")]
-    expected = _dare_reference(base, deltas, [0.6, 0.5], 0.4, 7, method == "dare_ties")
-    kept = total = 0
-    for name in base:
-        assert torch.equal(first[name], again[name])  # same seed, same tensors
-        torch.testing.assert_close(first[name], expected[name], rtol=1e-6, atol=1e-7)
-        change = first[name] - base[name]
-        kept += int((change != 0).sum())
-        total += change.numel()
-    assert any(not torch.equal(first[n], other[n]) for n in base)  # the seed matters
-    # each entry survives in at least one of two models with probability 1 - 0.6^2 = 0.64
-    assert abs(kept / total - 0.64) < 0.03
 
 
 def test_slerp_is_the_textbook_formula():
@@ -224,7 +177,8 @@ BAD = [
      "models[0].parameters.densty", "no per-model parameter 'densty'"),
     ({"merge_method": "slerp", "base_model": "x", "parameters": {"t": 0.5},
       "models": [{"model": "a"}, {"model": "b"}]}, "models", "merges 1 to 1 model"),
-    ({"merge_method": "linear", "slices": [], "models": [{"model": "a"}]}, "slices", "unknown key"),
+    ({"merge_method": "linear", "tokenizer": {"tokens": {}}, "models": [{"model": "a"}]}, "tokenizer",
+     "unknown key"),
 ]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,13 +25,16 @@ from studbook.core.errors import StudbookError
 Scalar = Union[float, int, bool]
 
 
+Gradient = Annotated[list[Scalar], Field(min_length=1)]  # interpolated over a slice's layers
+
+
 class FilterValue(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     filter: str | None = None
-    value: Scalar
+    value: Union[Scalar, Gradient]
 
 
-ParamValue = Union[Scalar, list[FilterValue]]
+ParamValue = Union[Scalar, Gradient, list[FilterValue]]
 
 
 class ModelEntry(BaseModel):
@@ -40,17 +43,35 @@ class ModelEntry(BaseModel):
     parameters: dict[str, ParamValue] = Field(default_factory=dict)
 
 
+class SourceEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str
+    layer_range: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+
+
+class SliceEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sources: list[SourceEntry] = Field(min_length=1)
+    base_model: str | None = None
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+    residual_weight: None = None  # accepted by mergekit, used nowhere: only its null is accepted
+
+
 class MergeConfig(BaseModel):
-    """mergekit's configuration format (the subset studbook executes)."""
+    """mergekit's configuration format (`modules:`, `tokenizer:` and `chat_template` are
+    refused by name: no architecture studbook breeds has several modules)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     merge_method: str
-    models: list[ModelEntry] = Field(min_length=1)
+    models: list[ModelEntry] | None = Field(default=None, min_length=1)
+    slices: list[SliceEntry] | None = Field(default=None, min_length=1)
     base_model: str | None = None
     parameters: dict[str, ParamValue] = Field(default_factory=dict)
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     out_dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    tokenizer_source: Literal["base"] | None = None
+    # base, union or a model: studbook needs a vocabulary every input shares
+    tokenizer_source: str | None = None
 
 
 def parse_config(data: Any, file: str, prefix: str = "") -> MergeConfig:
@@ -59,7 +80,13 @@ def parse_config(data: Any, file: str, prefix: str = "") -> MergeConfig:
 
     config = validate(MergeConfig, data, file=file, prefix=prefix)
     at = f"{prefix}." if prefix else ""
+    if (config.models is None) == (config.slices is None):
+        raise StudbookError("a merge config has exactly one of `models` and `slices`", file=file,
+                            key=f"{at}models")
     method = merges.get(config.merge_method, file=file, key=f"{at}merge_method")
+    if config.slices is not None:
+        _check_slices(config, method, file, at)
+        return config
     if method.needs_base and config.base_model is None:
         raise StudbookError(f"'{method.name}' needs a base_model", file=file, key=f"{at}base_model")
     count = len(inputs(config, method))
@@ -100,30 +127,84 @@ def parse_config(data: Any, file: str, prefix: str = "") -> MergeConfig:
                                 file=file, key=f"{at}parameters.{key}")
     for index, entry in enumerate(config.models):
         for key, value in entry.parameters.items():
-            _check_range(key, value, file, f"{at}models[{index}].parameters.{key}")
+            _check_range(method.name, key, value, file, f"{at}models[{index}].parameters.{key}")
     for key, value in config.parameters.items():
-        _check_range(key, value, file, f"{at}parameters.{key}")
+        _check_range(method.name, key, value, file, f"{at}parameters.{key}")
     _check_normalizable(config, method, file, at)
     return config
 
 
-# parameters with a bounded meaning: (low, low included, high, what it is)
-RANGES = {"density": (0.0, False, 1.0, "the fraction of each task vector kept"),
-          "t": (0.0, True, 1.0, "the point between base (0) and model (1)")}
+def _check_slices(config: MergeConfig, method, file: str, at: str) -> None:
+    """Per slice: its base among its sources where the method needs one, the number of
+    inputs, every required parameter given in some scope, ranges, equal layer counts."""
+    for index, piece in enumerate(config.slices):
+        where = f"{at}slices[{index}]"
+        base = piece.base_model or config.base_model
+        models = [s.model for s in piece.sources]
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in piece.sources}
+        if len(lengths) != 1 or min(lengths) < 1:
+            raise StudbookError(f"the sources of a slice span the same positive number of layers, got "
+                                f"{[s.layer_range for s in piece.sources]}", file=file, key=f"{where}.sources")
+        if method.needs_base and base not in models:
+            raise StudbookError(f"'{method.name}' needs its base_model among each slice's sources "
+                                f"({base or 'none given'})", file=file, key=f"{where}.sources")
+        count = len(models) if method.base == "ignored" else len([m for m in models if m != base])
+        if count < method.min_models or (method.max_models and count > method.max_models):
+            raise StudbookError(f"'{method.name}' merges {method.min_models} to {method.max_models or 'any'} "
+                                f"model(s), got {count}", file=file, key=f"{where}.sources")
+        for position, source in enumerate(piece.sources):
+            for key, value in source.parameters.items():
+                if key not in method.per_model:
+                    raise StudbookError(f"'{method.name}' has no per-model parameter '{key}'", file=file,
+                                        key=f"{where}.sources[{position}].parameters.{key}")
+                _check_range(method.name, key, value, file, f"{where}.sources[{position}].parameters.{key}")
+            if source.model == base and method.base != "ignored":
+                continue
+            for key, default in method.per_model.items():
+                if default is None and not any(key in scope for scope in
+                                               (source.parameters, piece.parameters, config.parameters)):
+                    raise StudbookError(f"'{method.name}' needs '{key}' for every model", file=file,
+                                        key=f"{where}.sources[{position}].parameters.{key}")
+        for key, value in piece.parameters.items():
+            if key not in method.shared and key not in method.per_model:
+                raise StudbookError(f"'{method.name}' has no parameter '{key}'", file=file,
+                                    key=f"{where}.parameters.{key}")
+            _check_range(method.name, key, value, file, f"{where}.parameters.{key}")
+        for key, default in method.shared.items():
+            if default is None and key not in piece.parameters and key not in config.parameters:
+                raise StudbookError(f"'{method.name}' needs parameter '{key}'", file=file,
+                                    key=f"{where}.parameters.{key}")
+    for key, value in config.parameters.items():
+        if key not in method.shared and key not in method.per_model:
+            raise StudbookError(f"'{method.name}' has no parameter '{key}'", file=file,
+                                key=f"{at}parameters.{key}")
+        _check_range(method.name, key, value, file, f"{at}parameters.{key}")
+
+
+# parameters with a bounded meaning: (low, low included, high, what it is, for which methods)
+# (nearswap's `t` is a distance, any positive value)
+RANGES = {"density": (0.0, False, 1.0, "the fraction of each task vector kept", None),
+          "t": (0.0, True, 1.0, "the point between base (0) and model (1)", {"slerp"})}
 
 
 def _scalars(value: ParamValue) -> list[Scalar]:
-    return [e.value for e in value] if isinstance(value, list) else [value]
+    out = []
+    for entry in value if isinstance(value, list) else [value]:
+        entry = entry.value if isinstance(entry, FilterValue) else entry
+        out.extend(entry if isinstance(entry, list) else [entry])
+    return out
 
 
-def _check_range(key: str, value: ParamValue, file: str, where: str) -> None:
+def _check_range(method: str, key: str, value: ParamValue, file: str, where: str) -> None:
     import math
 
     for scalar in _scalars(value):
         if isinstance(scalar, float) and not math.isfinite(scalar):
             raise StudbookError(f"{scalar} is not a value a merge can use", file=file, key=where)
         if key in RANGES and not isinstance(scalar, bool):
-            low, inclusive, high, meaning = RANGES[key]
+            low, inclusive, high, meaning, methods = RANGES[key]
+            if methods is not None and method not in methods:
+                continue
             if not ((scalar >= low if inclusive else scalar > low) and scalar <= high):
                 raise StudbookError(f"{key} {scalar} is outside {'[' if inclusive else '('}{low:g}, "
                                     f"{high:g}]: it is {meaning}", file=file, key=where)
@@ -140,9 +221,11 @@ def _check_normalizable(config: MergeConfig, method, file: str, at: str) -> None
     values = [entries[n].parameters.get("weight", config.parameters.get("weight")) if n in entries
               else config.parameters.get("weight") for n in inputs(config, method)]
     probes = {""} | {f.filter for v in values if isinstance(v, list) for f in v
-                     if f.filter not in (None, "*")}
-    for probe in sorted(probes):  # a tensor named like each filter, and one matching none
-        resolved = [_resolve(v, probe) for v in values if v is not None]
+                     if isinstance(f, FilterValue) and f.filter not in (None, "*")}
+    from studbook.operators.merge_plan import evaluate
+
+    for probe, t in [(p, t) for p in sorted(probes) for t in (0.0, 1.0)]:  # each filter, none; gradient ends
+        resolved = [evaluate(v, probe, t) for v in values if v is not None]
         if any(r is None for r in resolved):
             continue
         total = sum(float(r) for r in resolved)
@@ -162,44 +245,34 @@ def inputs(config: MergeConfig, method) -> list[str]:
     return [n for n in names if n != config.base_model]
 
 
-def _resolve(value: ParamValue, tensor_name: str) -> Scalar | None:
-    """A scalar, or the first filter entry whose filter occurs in the tensor's name (None
-    when none does: mergekit then falls through to the next scope)."""
-    if not isinstance(value, list):
-        return value
-    for entry in value:
-        if entry.filter in (None, "*") or entry.filter in tensor_name:
-            return entry.value
-    return None
+def _header(folder: Path) -> tuple[dict[str, Path], dict[str, tuple[tuple[int, ...], str]]]:
+    """tensor -> the file holding it, and tensor -> (shape, dtype), from the headers only.
+    A folder holds `model.safetensors`, or shards listed by `model.safetensors.index.json`
+    (what `save_pretrained` and mergekit write; mergekit reads the same two)."""
+    import json
 
-
-_UNSET = object()
-
-
-def lookup(scopes: list[dict], key: str, tensor_name: str, default: Any, method: str) -> Scalar:
-    """mergekit's precedence (`parameter_resolver.py`): the first scope whose value applies to
-    the tensor, else the method's default, else an error naming the tensor."""
-    for scope in scopes:
-        if key in scope:
-            value = _resolve(scope[key], tensor_name)
-            if value is not None:
-                return value
-    if default is None:
-        raise StudbookError(f"'{method}': no value of '{key}' applies to tensor '{tensor_name}' "
-                            "(add an entry without a filter)", key=key)
-    return default
-
-
-def _header(folder: Path) -> tuple[Path, dict[str, tuple[tuple[int, ...], str]]]:
     from safetensors import safe_open
 
-    files = sorted(folder.glob("*.safetensors"))
-    if len(files) != 1:
-        raise StudbookError(f"expected one safetensors file, found {len(files)}", file=str(folder))
-    with safe_open(str(files[0]), framework="pt") as handle:
-        shapes = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
-                  for name in handle.keys()}
-    return files[0], shapes
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {name: folder / shard for name, shard in weight_map.items()}
+    else:
+        single = sorted(folder.glob("*.safetensors"))
+        if len(single) != 1:
+            raise StudbookError(f"expected model.safetensors or an index of shards, found "
+                                f"{len(single)} safetensors file(s)", file=str(folder))
+        files = None
+    shapes, where = {}, {}
+    for file in sorted(set(files.values())) if files else single:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                piece = handle.get_slice(name)
+                shapes[name] = (tuple(piece.get_shape()), piece.get_dtype())
+                where[name] = file
+    if files and set(files) != set(shapes):
+        raise StudbookError("the shard index and the shards list different tensors", file=str(index))
+    return where, dict(sorted(shapes.items()))
 
 
 def _read(file: Path, name: str):
@@ -270,73 +343,220 @@ class SafetensorsWriter:
             raise RuntimeError(f"{self.written} of {len(self.order)} tensors written")
 
 
+def parse_size(value: str | int | None) -> int | None:
+    """mergekit's `parse_kmb`: 20000, "20K", "5M", "5B" -> bytes (mergekit's help says
+    parameters; its writer compares bytes)."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip().upper()
+    scale = {"K": 10**3, "M": 10**6, "B": 10**9}.get(text[-1:], 1)
+    try:
+        return int(float(text[:-1] if scale != 1 else text) * scale)
+    except ValueError:
+        raise StudbookError(f"'{value}' is not a size (e.g. 20000, 20K, 5M, 5B)", key="out_shard_size") from None
+
+
+def shard_layout(plan: dict[str, tuple[tuple[int, ...], str]], max_bytes: int | None) -> list[list[str]]:
+    """mergekit's writer rule: tensors in write order fill a shard; one that would make a
+    non-empty shard exceed `max_bytes` opens the next."""
+    import math
+
+    shards, size = [[]], 0
+    for name, (shape, dtype) in plan.items():
+        code = _TORCH_TO_ST[dtype][0] if dtype in _TORCH_TO_ST else dtype
+        length = math.prod(shape) * _ST_DTYPES[code][1]
+        if max_bytes is not None and shards[-1] and size + length > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += length
+    return shards
+
+
 def run_merge(config: MergeConfig, resolve: Callable[[str], Path], out_dir: str | Path,
-              seed: int = 0, on_tensor: Callable[[int, int, str], None] | None = None) -> dict:
+              seed: int = 0, on_tensor: Callable[[int, int, str], None] | None = None,
+              out_shard_size: str | int | None = None) -> dict:
     """Merge into `out_dir` (weights, config, tokenizer); `resolve` maps a model name to a folder."""
+    import json
+
     import torch
-    from studbook.operators import merges
+    from studbook.operators import merge_plan, merges
 
     method = merges.get(config.merge_method)
     out_dir = Path(out_dir)
-    base_name = config.base_model
-    merged_in = inputs(config, method)  # the `tensors` a method receives, in mergekit's order
-    role_base = base_name if method.base != "ignored" else None
-    order = ([role_base] if role_base else []) + merged_in
-    files, headers = {}, {}
-    for name in order:
-        files[name], headers[name] = _header(resolve(name))
-    reference = base_name if base_name in headers else order[0]  # mergekit's config donor
-    for name in order:
-        check_same_tensors(reference, headers[reference], name, headers[name])
-    listed = {m.model: m.parameters for m in config.models}
+    referenced = list(dict.fromkeys(
+        ([config.base_model] if config.base_model else [])
+        + ([m.model for m in config.models] if config.models else [s.model for p in config.slices for s in p.sources])
+        + [p.base_model for p in config.slices or [] if p.base_model]))
+    files, headers, configs = {}, {}, {}
+    for name in referenced:
+        folder = resolve(name)
+        files[name], headers[name] = _header(folder)
+        configs[name] = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    donor = config.base_model or referenced[0]  # mergekit's config and tokenizer donor
+    gradients = config.slices is not None or _has_gradient(config)
+    arch = merge_plan.architecture(configs[donor].get("model_type")) if gradients else \
+        merge_plan.ARCHITECTURES.get(configs[donor].get("model_type"))
+    if arch is None or config.models is not None:
+        for name in referenced:  # models mode: every model has the same tensors
+            check_same_tensors(donor, headers[donor], name, headers[name])
+    counts = {n: int(configs[n].get(arch.num_layers_key, 0)) if arch else 0 for n in referenced}
+    slices = merge_plan.slices_of(config, counts)
+    planned = merge_plan.plan(slices, arch, {n: list(h) for n, h in headers.items()})
+    tokenizer_donor = _tokenizer_source(config, resolve, referenced, headers, donor)
     # one seed per merge, as mergekit's `random_seed` (transformers' set_seed): the random
-    # methods draw from torch's global generator, tensor after tensor in the order below
+    # methods draw from torch's global generator, tensor after tensor in the planned order
     torch.manual_seed(seed)
     out_dtype = getattr(torch, config.out_dtype) if config.out_dtype else None
     work_dtype = getattr(torch, config.dtype) if config.dtype else None
 
-    def written(shape_dtype) -> str:
+    def written(model: str, name: str) -> str:
         if out_dtype is not None:
             return config.out_dtype
-        loaded = work_dtype or _torch_dtype(shape_dtype[1])
+        loaded = work_dtype or _torch_dtype(headers[model][name][1])
         return str(method.output_dtype(loaded)).removeprefix("torch.")
-    tensor_names = list(headers[reference])
+    layout = {p.output: (headers[p.inputs[0][0]][p.inputs[0][1]][0], written(*p.inputs[0])) for p in planned}
+    shards = shard_layout(layout, parse_size(out_shard_size))
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = SafetensorsWriter(out_dir / "model.safetensors", {
-        name: (headers[reference][name][0], written(headers[reference][name])) for name in tensor_names})
-    with writer:
-        for index, tensor_name in enumerate(tensor_names):
-            def load(model: str):
-                tensor = _read(files[model], tensor_name)
-                return tensor.to(work_dtype) if work_dtype else tensor
-            base = load(role_base) if role_base else None
-            tensors = [load(name) for name in merged_in]
-            per_model = [{key: lookup([listed.get(name, {}), config.parameters], key, tensor_name, default,
-                                      method.name)
-                          for key, default in method.per_model.items()} for name in merged_in]
-            shared = {key: lookup([config.parameters], key, tensor_name, default, method.name)
-                      for key, default in method.shared.items()}
-            merged = method.merge(base, tensors, per_model, shared)
-            writer.write(tensor_name, merged.to(out_dtype) if out_dtype else merged)
-            del base, tensors, merged
-            if on_tensor:
-                on_tensor(index + 1, len(tensor_names), tensor_name)
-    source = resolve(reference)
-    for extra in ("config.json", "generation_config.json", "tokenizer.json",
-                  "tokenizer_config.json", "special_tokens_map.json"):
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    by_output = {p.output: p for p in planned}
+    done = 0
+    for shard, file in zip(shards, names):
+        with SafetensorsWriter(out_dir / file, {n: layout[n] for n in shard}) as writer:
+            for output in shard:
+                item = by_output[output]
+                merged = _merge_one(method, config, slices[item.slice], item, files, work_dtype)
+                writer.write(output, merged.to(out_dtype) if out_dtype else merged)
+                del merged
+                done += 1
+                if on_tensor:
+                    on_tensor(done, len(planned), output)
+    if len(shards) > 1:
+        total = sum(writer_bytes(layout[n]) for n in layout)
+        index = {"metadata": {"total_size": total},
+                 "weight_map": {n: file for shard, file in zip(shards, names) for n in shard}}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    source = resolve(donor)
+    for extra in ("config.json", "generation_config.json"):
         if (source / extra).is_file():
             shutil.copy2(source / extra, out_dir / extra)
-    if out_dtype is not None and (out_dir / "config.json").is_file():
-        import json
+    tokenizer_folder = resolve(tokenizer_donor)
+    for extra in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer_folder / extra).is_file():
+            shutil.copy2(tokenizer_folder / extra, out_dir / extra)
+    layers = sum(s.sources[0].stop - s.sources[0].start for s in slices) if arch else None
+    _write_config(out_dir, config, arch, slices, configs, layers)
+    return {"merge_method": method.name, "tensors": len(planned), "shards": len(shards),
+            "models": len([n for n in referenced if n != config.base_model]), "base_model": config.base_model,
+            "layers": layers, "deterministic": method.deterministic}
 
-        cfg = json.loads((out_dir / "config.json").read_text())
+
+def writer_bytes(shape_dtype) -> int:
+    import math
+
+    code = _TORCH_TO_ST[shape_dtype[1]][0] if shape_dtype[1] in _TORCH_TO_ST else shape_dtype[1]
+    return math.prod(shape_dtype[0]) * _ST_DTYPES[code][1]
+
+
+def _has_gradient(config: MergeConfig) -> bool:
+    scopes = [config.parameters] + [m.parameters for m in config.models or []]
+    for scope in scopes:
+        for value in scope.values():
+            values = value if isinstance(value, list) else [value]
+            for entry in values:
+                entry = entry.value if isinstance(entry, FilterValue) else entry
+                if isinstance(entry, list) or (isinstance(value, list) and not isinstance(entry, FilterValue)
+                                               and not isinstance(value[0], FilterValue)):
+                    return True
+    return False
+
+
+def _merge_one(method, config: MergeConfig, piece, item, files: dict, work_dtype):
+    """One output tensor: its inputs in mergekit's roles and parameters at its `t`."""
+    from studbook.operators.merge_plan import resolve
+
+    base = piece.base
+    models = [model for model, _ in item.inputs]
+    input_name = dict(item.inputs)
+
+    def load(model: str):
+        tensor = _read(files[model][input_name[model]], input_name[model])
+        return tensor.to(work_dtype) if work_dtype else tensor
+
+    role_base = base if method.base != "ignored" and base in models else None
+    merged_in = [m for m in models if m != role_base]
+    source_params = {}
+    for source in piece.sources:  # every source naming the model, in order (mergekit's scopes)
+        source_params.setdefault(source.model, []).append(source.parameters)
+    per_model = [{key: resolve([*source_params.get(m, []), piece.parameters, config.parameters], key,
+                               input_name[m], item.t, default, method.name)
+                  for key, default in method.per_model.items()} for m in merged_in]
+    shared = {key: resolve([piece.parameters, config.parameters], key, item.output, item.t, default, method.name)
+              for key, default in method.shared.items()}
+    base_tensor = load(role_base) if role_base else None
+    tensors = [load(m) for m in merged_in]
+    return method.merge(base_tensor, tensors, per_model, shared)
+
+
+def _tokenizer_source(config: MergeConfig, resolve, referenced: list[str], headers: dict, donor: str) -> str:
+    """The model whose tokenizer files the child gets. `tokenizer_source` (base, union or a
+    model) is honoured when every input shares one vocabulary whose size is the embedding's
+    row count: mergekit's permutation of embedding rows is then the identity, so the merged
+    tensors are those of a merge without it. Other vocabularies are refused, not rebuilt."""
+    if config.tokenizer_source is None:
+        return donor
+    wanted = config.tokenizer_source
+    if wanted not in ("base", "union") and wanted not in referenced:
+        raise StudbookError(f"tokenizer_source '{wanted}' is neither base, union nor a merged model",
+                            key="tokenizer_source")
+    source = donor if wanted in ("base", "union") else wanted
+    vocab = {}
+    for name in referenced:
+        file = resolve(name) / "tokenizer.json"
+        if not file.is_file():
+            raise StudbookError(f"tokenizer_source needs every model's tokenizer.json: '{name}' has none",
+                                key="tokenizer_source")
+        from tokenizers import Tokenizer
+
+        vocab[name] = Tokenizer.from_file(str(file)).get_vocab(with_added_tokens=True)
+        rows = [shape[0] for tensor, (shape, _) in headers[name].items()
+                if tensor.endswith(("embed_tokens.weight", "wte.weight", "lm_head.weight"))]
+        if any(r != len(vocab[name]) for r in rows):
+            raise StudbookError(f"tokenizer_source: '{name}' has {rows[0]} embedding rows for a vocabulary of "
+                                f"{len(vocab[name])} tokens; studbook merges vocabularies only when they are "
+                                "shared and fill the embedding", key="tokenizer_source")
+        if vocab[name] != vocab[source]:
+            raise StudbookError(f"tokenizer_source: '{name}' and '{source}' have different vocabularies; "
+                                "studbook does not permute embeddings between vocabularies", key="tokenizer_source")
+    return source
+
+
+def _write_config(out_dir: Path, config: MergeConfig, arch, slices, configs: dict, layers: int | None) -> None:
+    """The donor's config, with the layer count of a slices merge and every per-layer list
+    (`layer_types`) rebuilt from the source layers (mergekit leaves it stale and Qwen2's
+    config then fails to save), and the dtype when one is set."""
+    import json
+
+    file = out_dir / "config.json"
+    if not file.is_file():
+        return
+    cfg = json.loads(file.read_text())
+    if config.slices is not None and arch is not None:
+        per_layer = {key: value for key, value in cfg.items()
+                     if isinstance(value, list) and len(value) == cfg.get(arch.num_layers_key)}
+        cfg[arch.num_layers_key] = layers
+        for key in per_layer:
+            rebuilt = []
+            for piece in slices:
+                source = piece.sources[0]
+                rebuilt += configs[source.model][key][source.start:source.stop]
+            cfg[key] = rebuilt
+    if config.out_dtype or config.dtype:
         for key in ("torch_dtype", "dtype"):
             if key in cfg:
                 cfg[key] = config.out_dtype or config.dtype
-        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return {"merge_method": method.name, "tensors": len(tensor_names),
-            "models": len([n for n in merged_in if n != base_name]), "base_model": base_name,
-            "deterministic": method.deterministic}
+    file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def check_same_tensors(name_a: str, shapes_a: dict, name_b: str, shapes_b: dict) -> None:
@@ -353,7 +573,7 @@ def check_same_tensors(name_a: str, shapes_a: dict, name_b: str, shapes_b: dict)
 
 
 def merge_from_yaml(config_file: str | Path, out_dir: str | Path, seed: int = 0,
-                    on_tensor=None) -> dict:
+                    on_tensor=None, out_shard_size: str | int | None = None) -> dict:
     """Run a mergekit YAML whose `model:` entries are local folders (like `mergekit-yaml`)."""
     from studbook.operators.artifacts import check_safe_folder
     from studbook.core.atomic import atomic_dir
@@ -370,4 +590,4 @@ def merge_from_yaml(config_file: str | Path, out_dir: str | Path, seed: int = 0,
         return folder
 
     with atomic_dir(out_dir) as tmp:
-        return run_merge(config, resolve, tmp, seed=seed, on_tensor=on_tensor)
+        return run_merge(config, resolve, tmp, seed=seed, on_tensor=on_tensor, out_shard_size=out_shard_size)

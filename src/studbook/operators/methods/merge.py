@@ -20,10 +20,15 @@ from studbook.operators.methods import Method, add
 class MergeParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     models: list[dict[str, Any]] | None = None
+    slices: list[dict[str, Any]] | None = None
     base_model: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     dtype: str | None = None
     out_dtype: str | None = None
+    tokenizer_source: str | None = None
+    # studbook's own: the output in shards of at most this many bytes ("5B", mergekit's
+    # --out-shard-size), with model.safetensors.index.json
+    out_shard_size: str | int | None = None
     method: ClassVar[str] = ""  # set per registered merge method (`register_merge_method`)
 
     def check_against(self, parents: list[str], file: str) -> None:
@@ -33,14 +38,17 @@ class MergeParameters(BaseModel):
 
     def mergekit_config(self, method: str, parents: list[str]) -> dict:
         models = self.models
-        if models is None:
+        if self.slices is not None:
+            base = self.base_model
+        elif models is None:
             base = self.base_model or (parents[0] if merges.get(method).needs_base else None)
             weight = {"weight": 1.0} if "weight" in merges.get(method).per_model else {}
             models = [{"model": p, "parameters": dict(weight)} for p in parents if p != base]
         else:
             base = self.base_model
-        data = {"merge_method": method, "models": models, "parameters": self.parameters}
-        for key in ("dtype", "out_dtype"):
+        data = {"merge_method": method, "parameters": self.parameters}
+        data.update({"slices": self.slices} if self.slices is not None else {"models": models})
+        for key in ("dtype", "out_dtype", "tokenizer_source"):
             if getattr(self, key):
                 data[key] = getattr(self, key)
         if base:
@@ -53,14 +61,17 @@ def _check_config(data: dict, names: list[str], file: str) -> None:
     from studbook.operators.merging import parse_config
 
     config = parse_config(data, file=file, prefix="parameters")
-    for index, entry in enumerate(config.models):
-        if entry.model not in names:
-            raise StudbookError(f"'{entry.model}' is not a parent (parents: {', '.join(names)})",
-                                file=file, key=f"parameters.models[{index}].model")
+    where = [(f"parameters.models[{i}].model", e.model) for i, e in enumerate(config.models or [])]
+    for i, piece in enumerate(config.slices or []):
+        where += [(f"parameters.slices[{i}].sources[{j}].model", s.model) for j, s in enumerate(piece.sources)]
+        where += [(f"parameters.slices[{i}].base_model", piece.base_model)] if piece.base_model else []
+    for key, model in where:
+        if model not in names:
+            raise StudbookError(f"'{model}' is not a parent (parents: {', '.join(names)})", file=file, key=key)
     if config.base_model and config.base_model not in names:
         raise StudbookError(f"base_model '{config.base_model}' is not a parent",
                             file=file, key="parameters.base_model")
-    used = {e.model for e in config.models} | {config.base_model}
+    used = {model for _, model in where} | {config.base_model}
     for index, name in enumerate(names):
         if name not in used:
             raise StudbookError(f"parent '{name}' takes no part in the merge",
@@ -71,7 +82,8 @@ def _checker(method_name: str):
     def check(ctx, file: str) -> None:
         names = [p.name for p in ctx.parents]
         _check_config(ctx.params.mergekit_config(method_name, names), names, file)
-        _check_shapes(ctx.parents, file)
+        if ctx.params.slices is None:  # (slices: the plan checks each layer it takes)
+            _check_shapes(ctx.parents, file)
     return check
 
 
@@ -114,6 +126,7 @@ def _breeder(method_name: str):
                 folders[parent.name] = parent.path
         try:
             facts = run_merge(config, folders.__getitem__, ctx.out_dir, seed=ctx.recipe.seed,
+                              out_shard_size=ctx.params.out_shard_size,
                               on_tensor=lambda i, n, t: progress(f"merge {i}/{n} {t}") if i % 10 == 0 or i == n else None)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
