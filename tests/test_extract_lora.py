@@ -121,6 +121,9 @@ OPTIONS = [  # (studbook keywords, mergekit-extract-lora arguments)
     ({"sv_epsilon": 0.12}, ["--sv-epsilon", "0.12"]),  # ranks differ by module: rank_pattern
     ({"max_rank": 4, "exclude": ["mlp"], "modules_to_save": ["o_proj"]},
      ["--max-rank", "4", "-e", "mlp", "--save-module", "o_proj"]),
+    # lora_embedding_A/B; llama_pico's tied lm_head kept whole (see test_what_peft_cannot_carry_is_refused)
+    ({"max_rank": 4, "embed_lora": True, "modules_to_save": ["lm_head"], "include": ["embed", "layers.1"]},
+     ["--max-rank", "4", "--embed-lora", "--save-module", "lm_head", "-i", "embed", "-i", "layers.1"]),
 ]
 
 
@@ -151,9 +154,10 @@ def test_adapter_is_mergekits_bit_for_bit(pairs, tmp_path, arch):
         assert json.loads((ours / "adapter_config.json").read_text()) == config, options
         assert facts["rank"] == config["r"]
         assert facts["decomposed_modules"] == sum(1 for n in want if ".lora_A." in n)
-    # the same config, with `exclude`, leaves the MLP out: the facts say it was dropped
-    assert facts["dropped"] and all(".mlp." in name for name in facts["dropped"])
-    assert "model.layers.0.self_attn.o_proj.weight" not in facts["dropped"]
+        if "exclude" in options:  # the MLP is left out (mergekit: silently): the facts say so
+            assert facts["dropped"] and all(".mlp." in name for name in facts["dropped"])
+            assert "model.layers.0.self_attn.o_proj.weight" not in facts["dropped"]
+    assert any(".lora_embedding_A" in name for name in got)
     assert {p.name for p in ours.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors",
                                                 "tokenizer_config.json"}
 
@@ -234,7 +238,11 @@ def test_what_peft_cannot_carry_is_refused(pairs, tmp_path):
     child, parent = pairs("llama_pico")
     with pytest.raises(StudbookError, match="tied to") as info:  # PEFT merges tied deltas twice
         extract_lora(child, parent, tmp_path / "a", embed_lora=True)
-    assert info.value.key == "embed_lora"
+    assert info.value.key == "embed_lora" and not (tmp_path / "a").exists()
+    # the tied lm_head kept whole: the embedding's delta is merged once, and runs unmerged too
+    extract_lora(child, parent, tmp_path / "a", embed_lora=True, modules_to_save=["lm_head"])
+    ids = torch.arange(3, 60).unsqueeze(0)
+    assert (logits(merged(tmp_path / "a", parent), ids) - logits(child, ids)).abs().max() < 1e-4
     spec = ModelSpec.model_validate(yaml.safe_load((ROOT / "conf/model/gpt2_pico.yaml").read_text()))
     save_model(build_model(spec, seed=0), build_tokenizer(128), tmp_path / "gpt2")
     with pytest.raises(StudbookError, match="nothing to decompose.*Conv1D"):  # mergekit: max() of nothing

@@ -85,7 +85,11 @@ def propose(
 def merge(
     config: str = typer.Argument(..., help="a mergekit-format YAML whose models are local folders"),
     out: str = typer.Argument(..., help="output folder (written atomically)"),
-    seed: int = typer.Option(0, help="seed for the random methods (DARE)"),
+    seed: int = typer.Option(0, "--seed", "--random-seed", help="seed for the random methods (dare_*, "
+                             "della*, arcee_fusion above 10^6 elements): mergekit's --random-seed gives the same "
+                             "tensors"),
+    out_shard_size: str = typer.Option(None, "--out-shard-size", help="write shards of at most this many "
+                                       "bytes (e.g. 5B, 500M; mergekit's option and shard layout) with an index"),
     replace: bool = typer.Option(False, "--replace", help="replace OUT if it exists (atomically, "
                                  "once the merge is complete), even if it is one of the inputs"),
 ) -> None:
@@ -97,10 +101,28 @@ def merge(
     offline()
     try:
         _check_merge_output(config, out, replace)
-        facts = merge_from_yaml(config, out, seed=seed)
+        facts = merge_from_yaml(config, out, seed=seed, on_tensor=_merge_progress(),
+                                out_shard_size=out_shard_size)
     except StudbookError as exc:
         _fail(exc)
     summary({"out": out, **{k: v for k, v in facts.items() if v is not None}})
+
+
+def _merge_progress():
+    """One line per 10 % of the tensors with an ETA (stderr), not one per tensor."""
+    import sys
+    import time
+
+    start, shown = time.monotonic(), [-1]
+
+    def show(done: int, total: int, name: str) -> None:
+        tenth = done * 10 // total
+        if tenth != shown[0]:
+            shown[0] = tenth
+            elapsed = time.monotonic() - start
+            eta = elapsed / done * (total - done)
+            print(f"merge: {done}/{total} tensors, {elapsed:.0f} s, ETA {eta:.0f} s", file=sys.stderr, flush=True)
+    return show
 
 
 def _check_merge_output(config: str, out: str, replace: bool) -> None:

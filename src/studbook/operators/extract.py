@@ -30,10 +30,11 @@ Where studbook departs from mergekit (so that PEFT loads and merges every adapte
   `max()` of no ranks), and so is a child tensor that no module owns and that differs from
   the parent (mergekit drops it silently); `nn.Conv1d`/`nn.Conv2d` weights are saved at
   full rank (mergekit would SVD their 3-D/4-D weights batch-wise into factors PEFT cannot
-  load); a decomposed weight tied to another (embeddings with `embed_lora` and
-  `tie_word_embeddings`) is refused: PEFT 0.21 either runs such an adapter wrong (the
-  tied module without its delta) or merges it wrong (the delta once per tied module,
-  twice in all), mergekit writes it; no README.md, and the tokenizer (the child's) is copied.
+  load); a decomposed weight tied to a module that is not saved at full rank (embeddings
+  with `embed_lora` and `tie_word_embeddings`) is refused: PEFT 0.21 either runs such an
+  adapter wrong (the tied module without the delta) or merges it wrong (the delta once per
+  tied module, twice in all) — mergekit writes it; no README.md, and the tokenizer (the
+  child's) is copied.
 
 Streaming: the models are never built; tensors are read one at a time from the
 safetensors files, one module's delta and SVD live at a time, only the (small) factors
@@ -187,14 +188,17 @@ def plan_extraction(child_folder, parent_folder, max_rank: int = 128, embed_lora
                 to_save.append(key)
             entries.append(Entry(name, "full", f"{name}.weight", sources, reason="undecomposable",
                                  module_type=type(module).__name__))
+    whole = {entry.weight for entry in entries if entry.action == "full"}
     for entry in entries:
         if entry.action != "lora":
             continue
-        tied = aliases.get(entry.weight)
-        if tied:  # PEFT 0.21 merges a delta into a shared weight once per module that holds it
+        # a weight shared with a module that does not keep its own full copy: PEFT 0.21 runs the
+        # other module without the delta, or (both decomposed) merges the delta in twice
+        tied = [alias for alias in aliases.get(entry.weight, []) if alias not in whole]
+        if tied:
             raise StudbookError(f"'{entry.weight}' is tied to '{tied[0]}': PEFT cannot both run and merge "
-                                "a LoRA on tied weights (merged, the delta counts once per tied module); "
-                                "keep the embeddings at full rank (embed_lora: false)",
+                                "a LoRA on a tied weight unless every other module holding it is saved at "
+                                "full rank; keep the embeddings at full rank (embed_lora: false)",
                                 key="embed_lora" if embed_lora else "modules_to_save")
         for out, source in entry.sources.items():
             theirs = _find(out, parent_header, aliases)

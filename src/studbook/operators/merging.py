@@ -394,13 +394,17 @@ def run_merge(config: MergeConfig, resolve: Callable[[str], Path], out_dir: str 
         files[name], headers[name] = _header(folder)
         configs[name] = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     donor = config.base_model or referenced[0]  # mergekit's config and tokenizer donor
-    gradients = config.slices is not None or _has_gradient(config)
-    arch = merge_plan.architecture(configs[donor].get("model_type")) if gradients else \
-        merge_plan.ARCHITECTURES.get(configs[donor].get("model_type"))
-    if arch is None or config.models is not None:
+    # the layer layout matters for slices and gradients only: a `models:` merge without a
+    # gradient is tensor by tensor, by name, in name order (mergekit's order for it too)
+    layered = config.slices is not None or _has_gradient(config)
+    arch = merge_plan.architecture(configs[donor].get("model_type"), file=str(resolve(donor))) if layered else None
+    if config.models is not None:
         for name in referenced:  # models mode: every model has the same tensors
             check_same_tensors(donor, headers[donor], name, headers[name])
     counts = {n: int(configs[n].get(arch.num_layers_key, 0)) if arch else 0 for n in referenced}
+    if arch and config.models is not None and not all(counts.values()):
+        raise StudbookError(f"a gradient runs over the layers, and a config.json has no "
+                            f"'{arch.num_layers_key}'", key="parameters")
     slices = merge_plan.slices_of(config, counts)
     planned = merge_plan.plan(slices, arch, {n: list(h) for n, h in headers.items()})
     tokenizer_donor = _tokenizer_source(config, resolve, referenced, headers, donor)
@@ -460,15 +464,12 @@ def writer_bytes(shape_dtype) -> int:
 
 
 def _has_gradient(config: MergeConfig) -> bool:
-    scopes = [config.parameters] + [m.parameters for m in config.models or []]
-    for scope in scopes:
+    """A list of values (directly, or as a filter entry's value) anywhere in a models merge."""
+    for scope in [config.parameters] + [m.parameters for m in config.models or []]:
         for value in scope.values():
-            values = value if isinstance(value, list) else [value]
-            for entry in values:
-                entry = entry.value if isinstance(entry, FilterValue) else entry
-                if isinstance(entry, list) or (isinstance(value, list) and not isinstance(entry, FilterValue)
-                                               and not isinstance(value[0], FilterValue)):
-                    return True
+            entries = value if isinstance(value, list) else []
+            if any(not isinstance(e, FilterValue) or isinstance(e.value, list) for e in entries):
+                return True
     return False
 
 

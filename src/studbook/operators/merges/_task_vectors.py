@@ -163,6 +163,8 @@ def bernoulli_prune(delta, density: float, inplace: bool = False, rescale: bool 
     dtype, work = delta.dtype, _work_dtype(delta)
     tensor = delta.to(work) if work != dtype else delta
     inplace = inplace or tensor is not delta
+    # not PEFT's random_pruning (bernoulli_(density) in the tensor's dtype, then / density):
+    # other draws and another rescale than mergekit's
     mask = torch.full_like(tensor, density, dtype=work)
     mask.bernoulli_(mask)  # = torch.bernoulli(probabilities): same kernel, same draws
     return _apply(tensor, mask, inplace, rescale).to(dtype)

@@ -7,9 +7,10 @@ smallest, so that `density` of the entries remain; breadcrumbs sums the weighted
 vectors, breadcrumbs_ties first elects signs as TIES does. This is mergekit's
 `magnitude_outliers` (see `_task_vectors`), which differs from the paper in that:
 
-- the mask is taken over the whole tensor (the paper masks per layer, the same thing for one
-  weight matrix), with int(gamma x n) outliers and int(density x n) kept entries, and fewer
-  outliers are dropped when both do not fit; exact ties at a cut as mergekit's ascending
+- the paper gives the two dropped fractions (largest and smallest) per layer; mergekit takes
+  the kept fraction `density` and the dropped largest fraction `gamma` over each tensor:
+  int(gamma x n) outliers go and int(density x n) entries stay (no max(1, .): density below
+  1/n keeps nothing), and fewer outliers are dropped when both do not fit; exact ties at a cut as mergekit's ascending
   `torch.sort` orders them (a selection finds the cuts; the sort runs only on straddling ties);
 - `gamma` and `density` are per model, the weights are rounded to the merge dtype, and
   mergekit's `normalize`, `rescale` (to the L1 norm) and `lambda` apply (all off/1 by

@@ -69,8 +69,7 @@ def _located(exc, file: str):
         return StudbookError(exc.detail, file=file, key=f"parameters.{exc.key}")
     if exc.file:
         return exc
-    return StudbookError(f"parents '{exc.key}': {exc.detail}" if exc.key else exc.detail,
-                         file=file, key="parents")
+    return StudbookError(exc.detail, file=file, key="parents")
 
 
 def check_pair(ctx, file: str) -> None:
