@@ -1,13 +1,14 @@
 """studbook vs mergekit on the same mergekit YAML and files, at >= 100 M parameters.
 
-Builds three Llama checkpoints locally with random weights (a base and two children that
-differ from it by small random task vectors; nothing is downloaded), then runs each
-recipe (`ties`, base + 2 models; `linear`, 3 models) through `studbook merge` and through
-mergekit (its `run_merge`, as `mergekit-yaml` calls it), each in a fresh process, and
-reports wall time, peak RSS (the kernel's maximum resident set of that process, from
-wait4) and whether every output tensor is identical.
+Builds four Llama checkpoints locally with random weights (a base and three children that
+differ from it by small random task vectors, the third on half the entries; nothing is
+downloaded), then runs every merge method's recipe row (tests/merge_recipes/METHOD.yaml,
+the same YAML the parity tests run) through `studbook merge` and through mergekit (its
+`run_merge`, as `mergekit-yaml` calls it, with the same --random-seed), each in a fresh
+process, and reports wall time, peak RSS (the kernel's maximum resident set of that
+process, from wait4) and whether every output tensor is identical.
 
-    python bench/merge_vs_mergekit.py [--hidden 768 --layers 12] [--json OUT]
+    python bench/merge_vs_mergekit.py [--hidden 768 --layers 12] [--methods ties,linear] [--json OUT]
 """
 
 from __future__ import annotations
@@ -27,16 +28,27 @@ from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
 from mergekit.options import MergeOptions
 config = MergeConfiguration.model_validate(yaml.safe_load(open(sys.argv[1])))
-run_merge(config, sys.argv[2], MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
-"""
+run_merge(config, sys.argv[2], MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True,
+                                            random_seed=SEED))
+""".replace("SEED", "7")
+SEED = 7
+RECIPES = Path(__file__).resolve().parent.parent / "tests" / "merge_recipes"
+MODELS = ("base", "a", "b", "c")
 
-RECIPES = {
-    "ties": "merge_method: ties\nbase_model: {base}\ndtype: float32\nparameters: {{normalize: true}}\n"
-            "models:\n  - {{model: {a}, parameters: {{weight: 0.7, density: 0.5}}}}\n"
-            "  - {{model: {b}, parameters: {{weight: 0.4, density: 0.3}}}}\n",
-    "linear": "merge_method: linear\ndtype: float32\nmodels:\n  - {{model: {base}, parameters: {{weight: 0.4}}}}\n"
-              "  - {{model: {a}, parameters: {{weight: 0.3}}}}\n  - {{model: {b}, parameters: {{weight: 0.3}}}}\n",
-}
+
+def recipes(only: list[str] | None) -> dict[str, str]:
+    """method -> its recipe row's YAML, for every registered method (or `only`)."""
+    from studbook.operators import merges
+
+    names = only or merges.known()
+    return {name: (RECIPES / f"{name}.yaml").read_text() for name in names}
+
+
+def localised(text: str, folders: dict[str, Path]) -> str:
+    for name, folder in folders.items():  # model names -> local folders, as mergekit reads them
+        text = text.replace(f"model: {name}\n", f"model: {folder}\n").replace(f"base_model: {name}\n",
+                                                                              f"base_model: {folder}\n")
+    return text
 
 
 def measured(cmd: list[str]) -> tuple[float, int]:
@@ -69,10 +81,15 @@ def build_family(root: Path, hidden: int, layers: int) -> tuple[dict[str, Path],
     torch.manual_seed(0)
     base = LlamaForCausalLM(config).state_dict()
     folders, size = {}, 0
-    for index, name in enumerate(("base", "a", "b")):
+    for index, name in enumerate(MODELS):
         generator = torch.Generator().manual_seed(100 + index)
-        tensors = {k: (v if name == "base" else v + 0.02 * torch.randn(v.shape, generator=generator)).contiguous()
-                   for k, v in base.items()}
+        tensors = {}
+        for key, value in base.items():
+            delta = 0.02 * torch.randn(value.shape, generator=generator)
+            if name == "c":
+                delta *= torch.rand(value.shape, generator=generator) < 0.5
+            tensors[key] = (value if name == "base" else value + delta).contiguous()
+            del delta
         folder = root / name
         folder.mkdir()
         config.save_pretrained(folder)
@@ -85,6 +102,7 @@ def build_family(root: Path, hidden: int, layers: int) -> tuple[dict[str, Path],
 
 
 def identical(ours: Path, theirs: Path) -> tuple[bool, int]:
+    """Every tensor equal, with the same dtype (run in a child process, see `measured`)."""
     import torch
     from safetensors import safe_open
 
@@ -96,7 +114,8 @@ def identical(ours: Path, theirs: Path) -> tuple[bool, int]:
             with safe_open(str(file), "pt") as other:
                 for name in other.keys():
                     seen += 1
-                    if name not in names or not torch.equal(mine.get_tensor(name), other.get_tensor(name)):
+                    a, b = (mine.get_tensor(name) if name in names else None), other.get_tensor(name)
+                    if a is None or a.dtype != b.dtype or not torch.equal(a, b):
                         return False, seen
     return seen == len(names), seen
 
@@ -105,20 +124,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--methods", help="comma-separated methods (default: every registered one)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--build", help=argparse.SUPPRESS)  # internal: build the checkpoints here
+    parser.add_argument("--compare", nargs=2, help=argparse.SUPPRESS)  # internal: OURS THEIRS
     args = parser.parse_args()
     if args.build:
         _, parameters, size = build_family(Path(args.build), args.hidden, args.layers)
         print(json.dumps({"parameters": parameters, "model_bytes": size}))
         return
-    results, timings = {}, {}
+    if args.compare:
+        same, tensors = identical(Path(args.compare[0]), Path(args.compare[1]))
+        print(json.dumps({"identical": same, "tensors": tensors}))
+        return
+    results = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("STUDBOOK_BENCH_TMP")) as scratch:
         root = Path(scratch)
         built = subprocess.run([sys.executable, __file__, "--build", str(root), "--hidden", str(args.hidden),
                                 "--layers", str(args.layers)], check=True, capture_output=True, text=True)
         facts = json.loads(built.stdout.strip().splitlines()[-1])
-        folders = {name: root / name for name in ("base", "a", "b")}
+        folders = {name: root / name for name in MODELS}
         parameters, size = facts["parameters"], facts["model_bytes"]
         print(f"parameters: {parameters}", flush=True)
         print(f"model_bytes: {size}", flush=True)
@@ -126,17 +151,20 @@ def main() -> None:
         python = sys.executable
         baseline_seconds, baseline_rss = measured([python, "-c", "import torch, safetensors"])
         results["interpreter"] = {"seconds": baseline_seconds, "peak_rss": baseline_rss}
-        for method, template in RECIPES.items():
+        for method, text in recipes(args.methods.split(",") if args.methods else None).items():
             config = root / f"{method}.yaml"
-            config.write_text(template.format(**{k: str(v) for k, v in folders.items()}))
+            config.write_text(localised(text, folders))
             ours_out, theirs_out = root / f"studbook-{method}", root / f"mergekit-{method}"
             # the inputs were just written, so both tools read them from the page cache
-            ours = measured([python, "-m", "studbook.cli", "merge", str(config), str(ours_out)])
+            ours = measured([python, "-m", "studbook.cli", "merge", "--seed", str(SEED), str(config), str(ours_out)])
             theirs = measured([python, "-c", MERGEKIT, str(config), str(theirs_out)])
-            timings[method] = (ours, theirs)
-        for method in RECIPES:  # compared only after every measurement (see `measured`)
-            (ours, theirs), ours_out, theirs_out = timings[method], root / f"studbook-{method}", root / f"mergekit-{method}"
-            same, tensors = identical(ours_out, theirs_out)
+            compared = subprocess.run([python, __file__, "--compare", str(ours_out), str(theirs_out)],
+                                      check=True, capture_output=True, text=True)
+            same, tensors = (json.loads(compared.stdout.strip().splitlines()[-1])[k] for k in ("identical", "tensors"))
+            import shutil
+
+            shutil.rmtree(ours_out)
+            shutil.rmtree(theirs_out)  # 20 methods x 2 outputs would not fit the scratch disk
             row = {"studbook_seconds": ours[0], "mergekit_seconds": theirs[0],
                    "speedup": theirs[0] / ours[0], "studbook_peak_rss": ours[1],
                    "mergekit_peak_rss": theirs[1], "identical": same, "tensors": tensors,
