@@ -45,9 +45,9 @@ are written.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from studbook.core.errors import StudbookError
 
@@ -116,7 +116,7 @@ def plan_extraction(child_folder, parent_folder, max_rank: int = 128, embed_lora
                     skip_undecomposable: bool = False) -> Plan:
     """What is decomposed and what is saved at full rank, from the configs and the
     safetensors headers (mergekit's `plan_extraction`); no weight is read."""
-    import torch.nn as nn
+    from torch import nn
 
     from studbook.operators.merging import _header
 
@@ -283,12 +283,11 @@ def extract_lora(child_folder, parent_folder, out_dir, max_rank: int = 128, sv_e
     bias_modules = []
     for entry in plan.entries:
         bias = f"{entry.module}.bias"
-        if entry.action == "lora" and bias in entry.sources:
-            if not torch.equal(_read(plan.child_files, entry.sources[bias]),
-                               _read(plan.parent_files, parent_name(bias))):
-                entry.action, entry.reason = "full", "bias"
-                bias_modules.append(entry.module)
-                to_save.append(entry.module)
+        if entry.action == "lora" and bias in entry.sources and not torch.equal(
+                _read(plan.child_files, entry.sources[bias]), _read(plan.parent_files, parent_name(bias))):
+            entry.action, entry.reason = "full", "bias"
+            bias_modules.append(entry.module)
+            to_save.append(entry.module)
     used = {source for entry in plan.entries for source in entry.sources.values()}
 
     # a child tensor the adapter does not carry must equal the parent's, unless the user chose to drop it
@@ -308,7 +307,7 @@ def extract_lora(child_folder, parent_folder, out_dir, max_rank: int = 128, sv_e
                             file=str(child_folder), key=unowned[0])
 
     # decompose, one module at a time: only the factors are kept
-    factors: dict[str, tuple] = {}
+    factors: dict = {}  # output name -> A or B
     ranks: dict[str, int] = {}
     total_energy = discarded_energy = 0.0
     worst = 0.0
@@ -321,7 +320,7 @@ def extract_lora(child_folder, parent_folder, out_dir, max_rank: int = 128, sv_e
         a, b, s = decompose(child - parent, max_rank, sv_epsilon, distribute_scale, entry.embedding)
         del child, parent
         rank = a.shape[0]
-        energy = (s.double() ** 2)
+        energy = s.double() ** 2
         total, lost = float(energy.sum()), float(energy[rank:].sum())
         total_energy += total
         discarded_energy += lost

@@ -87,8 +87,10 @@ def check_pair(ctx, file: str) -> None:
     except StudbookError as exc:
         raise _located(exc, file) from None
     if not any(entry.action == "lora" for entry in plan.entries):
+        kinds = sorted({e.module_type for e in plan.entries if e.reason == "undecomposable"})
         raise StudbookError(f"nothing to decompose in '{child.name}': every module is saved at full "
-                            "rank or left out (an adapter would be the whole model)",
+                            "rank or left out (an adapter would be the whole model)"
+                            + (f"; not decomposable: {', '.join(kinds)}" if kinds else ""),
                             file=file, key="parameters.include" if ctx.params.include else "parents[0]")
 
 
