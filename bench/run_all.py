@@ -91,18 +91,18 @@ def table(results: dict) -> list[tuple[str, str, str, str, str, str]]:
     if "merge" in results:
         m = results["merge"]
         size = m["model_bytes"]
-        for method in ("ties", "linear"):
+        methods = sorted(k for k, v in m.items() if isinstance(v, dict) and "speedup" in v)
+        for method in methods:  # every method's recipe row (tests/merge_recipes/METHOD.yaml)
             r = m[method]
             rows += [
-                (f"merge {method}", f"wall time, 3 parents of {m['parameters'] / 1e6:.0f} M params",
+                (f"merge {method}", f"wall time, its recipe row on {m['parameters'] / 1e6:.0f} M-param Llamas; "
+                 f"tensors identical to mergekit's: {'yes' if r['identical'] else 'NO'} ({r['tensors']})",
                  f"{r['studbook_seconds']:.1f} s", f"{r['mergekit_seconds']:.1f} s (mergekit)",
-                 f"{r['speedup']:.2f}× faster", verdict(r["speedup"] >= 2) + " (≥ 2×)"),
+                 f"{r['speedup']:.2f}× faster", verdict(r["speedup"] >= 2 and r["identical"]) + " (≥ 2×, identical)"),
                 (f"merge {method}", f"peak RSS vs one model + output ({mib(2 * size)})",
                  f"{mib(r['studbook_peak_rss'])}", f"{mib(r['mergekit_peak_rss'])} (mergekit)",
                  f"{r['studbook_peak_vs_model_plus_output']:.2f}× (mergekit {r['mergekit_peak_vs_model_plus_output']:.2f}×)",
                  verdict(r["studbook_peak_vs_model_plus_output"] <= 1.3) + " (≤ 1.3×)"),
-                (f"merge {method}", "output tensors identical to mergekit's",
-                 "yes" if r["identical"] else "NO", f"{r['tensors']} tensors", "—", verdict(r["identical"])),
             ]
     if "eval" in results:
         e = results["eval"]

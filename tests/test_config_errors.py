@@ -55,7 +55,7 @@ CASES = {
     "recipe override blamed on recipe": (RECIPE, "seed: 1\n", "seed: 1\ntrain:\n  steps: -3\n",
                                          RECIPE, "train.steps", "greater than or equal to 0"),
     "unknown method": (RECIPE, "method: scratch", "method: frankenmerge",
-                       RECIPE, "method", "unknown method 'frankenmerge' (known: adapter_merge, dare_linear"),
+                       RECIPE, "method", "unknown method 'frankenmerge' (known: adapter_merge, arcee_fusion"),
     "missing contract": (RECIPE, "contract: stdlib_pico", "contract: nonexistent",
                          RECIPE, "defaults[0].contract", "no contract named 'nonexistent'"),
     "scratch takes no parents": (RECIPE, "parents: []", "parents: [ghost]",

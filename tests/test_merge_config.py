@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from studbook.core.errors import StudbookError
 from studbook.operators.merge_plan import evaluate
-from studbook.operators.merging import merge_from_yaml, parse_config
+from studbook.operators.merge_config import parse_config
+from studbook.operators.merging import merge_from_yaml
 
 from test_merges import make_family, mergekit_merge, write_config
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from studbook.operators.artifacts import build_model, save_model
 from studbook.core.errors import StudbookError
-from studbook.operators.merging import merge_from_yaml, parse_config
+from studbook.operators.merge_config import parse_config
+from studbook.operators.merging import merge_from_yaml
 from studbook.operators.merges.slerp import slerp
 from studbook.repository.recipes import ModelSpec
 from studbook.operators.tokenizer import build_tokenizer

@@ -118,7 +118,7 @@ def plan_extraction(child_folder, parent_folder, max_rank: int = 128, embed_lora
     safetensors headers (mergekit's `plan_extraction`); no weight is read."""
     from torch import nn
 
-    from studbook.operators.merging import _header
+    from studbook.operators.safetensors_io import read_header
 
     child_folder, parent_folder = Path(child_folder), Path(parent_folder)
     if max_rank < 1:
@@ -130,8 +130,8 @@ def plan_extraction(child_folder, parent_folder, max_rank: int = 128, embed_lora
                 re.compile(pattern)
             except re.error as exc:
                 raise StudbookError(f"not a regular expression: {exc}", key=f"{key}[{index}]") from None
-    child_files, child_header = _header(child_folder)
-    parent_files, parent_header = _header(parent_folder)
+    child_files, child_header = read_header(child_folder)
+    parent_files, parent_header = read_header(parent_folder)
     model = _meta_model(child_folder)
     base = _meta_model(parent_folder)
     embed_in, embed_out = model.get_input_embeddings(), model.get_output_embeddings()
@@ -237,7 +237,7 @@ def decompose(delta, max_rank: int, sv_epsilon: float = 0.0, distribute_scale: b
 
 
 def _read(files: dict, name: str):
-    from studbook.operators.merging import _read as read
+    from studbook.operators.safetensors_io import read_tensor as read
 
     return read(files[name], name)
 
@@ -264,7 +264,7 @@ def extract_lora(child_folder, parent_folder, out_dir, max_rank: int = 128, sv_e
 
     from studbook.core.atomic import atomic_dir, canonical_json
     from studbook.operators.artifacts import check_safe_folder
-    from studbook.operators.merging import SafetensorsWriter
+    from studbook.operators.safetensors_io import SafetensorsWriter
 
     child_folder, parent_folder, out_dir = Path(child_folder), Path(parent_folder), Path(out_dir)
     if sv_epsilon < 0:

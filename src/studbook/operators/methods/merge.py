@@ -58,7 +58,7 @@ class MergeParameters(BaseModel):
 
 def _check_config(data: dict, names: list[str], file: str) -> None:
     from studbook.core.errors import StudbookError
-    from studbook.operators.merging import parse_config
+    from studbook.operators.merge_config import parse_config
 
     config = parse_config(data, file=file, prefix="parameters")
     where = [(f"parameters.models[{i}].model", e.model) for i, e in enumerate(config.models or [])]
@@ -91,11 +91,12 @@ def _check_shapes(parents, file: str) -> None:
     from pathlib import Path
 
     from studbook.core.errors import StudbookError
-    from studbook.operators.merging import _header, check_same_tensors
+    from studbook.operators.merging import check_same_tensors
+    from studbook.operators.safetensors_io import read_header
 
     def shapes(parent):
         folder = Path(parent.meta["base"]["path"]) if parent.kind == "adapter" else parent.path
-        return _header(folder)[1]
+        return read_header(folder)[1]
 
     first = parents[0]
     reference = shapes(first)
@@ -109,7 +110,8 @@ def _check_shapes(parents, file: str) -> None:
 def _breeder(method_name: str):
     def breed(ctx) -> dict:
         from studbook.operators.artifacts import load_artifact, save_model
-        from studbook.operators.merging import parse_config, run_merge
+        from studbook.operators.merge_config import parse_config
+        from studbook.operators.merging import run_merge
         from studbook.core.runtime import progress
         from studbook.operators.tokenizer import load_tokenizer
 
