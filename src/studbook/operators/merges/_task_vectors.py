@@ -240,29 +240,35 @@ def combine(base, tensors, per_model, shared, prune: str | None, elect_sign: boo
     if prune == "della_magprune":  # refuse before any draw, naming the parameters
         for params in per_model:
             check_della(params.get("density", 1.0), params["epsilon"])
-    deltas = []
+    # the k task vectors as the rows of one tensor (mergekit's `deltas`), each written in
+    # place: the chunks below are views of it, not stacked copies
+    flat_base = base.reshape(-1)
+    deltas = torch.empty((len(per_model), flat_base.numel()), dtype=base.dtype)
     for index, params in enumerate(per_model):
         # consume the caller's list: each input is freed as soon as its task vector exists
         tensor, tensors[index] = tensors[index], None
-        delta = tensor - base
+        row = deltas[index]
+        torch.sub(tensor.reshape(-1), flat_base, out=row)
         del tensor
         if prune:
-            delta = sparsify(delta, prune, params, bool(shared["rescale"]), inplace=True)
-        deltas.append(delta.reshape(-1))
-    dtype = deltas[0].dtype
+            pruned = sparsify(row.view(base.shape), prune, params, bool(shared["rescale"]), inplace=True)
+            if pruned.data_ptr() != row.data_ptr():
+                row.copy_(pruned.reshape(-1))
+            del pruned
+    dtype = deltas.dtype
     weights = torch.tensor([p["weight"] for p in per_model], dtype=dtype).unsqueeze(-1)
     merged = torch.empty_like(base)
-    flat_merged, flat_base = merged.view(-1), base.reshape(-1)
+    flat_merged = merged.view(-1)
     for start in range(0, flat_base.numel(), CHUNK_ELEMENTS):
         stop = start + CHUNK_ELEMENTS
-        chunk = torch.stack([delta[start:stop] for delta in deltas])
+        chunk = deltas[:, start:stop]
         chunk.mul_(weights)
         if elect_sign:  # mergekit's get_mask, method "sum" (TIES): the heavier sign wins
             majority = (chunk.sum(dim=0) >= 0).to(dtype) * 2 - 1
             agree = chunk.sign() == majority
-            mixed = (chunk * agree).sum(dim=0)
+            mixed = chunk.mul_(agree).sum(dim=0)  # x * True, x * False: as mergekit's product
             divisor = (weights * agree).sum(dim=0)
-            divisor[divisor == 0] = 1
+            divisor.masked_fill_(divisor == 0, 1)
         else:
             mixed = chunk.sum(dim=0)
             divisor = weights.sum(dim=0)
