@@ -72,3 +72,19 @@ def skeleton(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     repo = copy_skeleton(tmp_path / "repo")
     monkeypatch.chdir(repo)
     return repo
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """The real corpus and benchmarks (the two shared stages, run once for the module)."""
+    root = copy_skeleton(tmp_path_factory.mktemp("prepared"))
+    for stage in ("prepare_data.py stdlib", "build_benchmarks.py"):
+        run([sys.executable, *f"stages/{stage}".split()], root)
+    return root / "data"
+
+
+@pytest.fixture
+def studbook(skeleton: Path, prepared: Path) -> Path:
+    """A skeleton with the real corpus and benchmarks, as the working directory."""
+    shutil.copytree(prepared, skeleton / "data")
+    return skeleton

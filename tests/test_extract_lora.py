@@ -336,20 +336,8 @@ def test_breeding_method_checks_then_writes_an_adapter_on_parents_1(finetuned, t
     assert torch.allclose(logits(load_artifact("bred"), ids), logits(merged(Path("bred"), parent), ids))
 
 
-@pytest.fixture
-def corpus(skeleton: Path) -> Path:
-    folder = Path("data/corpus")
-    folder.mkdir(parents=True)
-    rows = [{"path": f"m{i}.py", "niche": "general" if i % 2 else "tests", "text": TEXT} for i in range(4)]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "manifest.json").write_text(json.dumps({
-        "source": "test", "python_version": "3", "content_sha256": "0" * 64, "files": 4,
-        "python_implementation": "CPython", "splits": {}}))
-    return skeleton
-
-
-@pytest.mark.slow  # three generations through propose and the breed stage (~15 s)
-def test_breeding_method_stores_a_fine_tune_as_an_adapter_on_its_parent(corpus):
+@pytest.mark.slow  # three generations through propose and the three stages, on the real corpus
+def test_breeding_method_stores_a_fine_tune_as_an_adapter_on_its_parent(studbook):
     """Through propose and the breed stage: parents [child, parent]; the artifact is an
     adapter on parents[1], pinned by sha256, and load_artifact merges it back into the child."""
     from stagehelp import run_stage
@@ -385,3 +373,29 @@ def test_breeding_method_stores_a_fine_tune_as_an_adapter_on_its_parent(corpus):
     want = logits(load_model("models/kid"), ids)
     assert not torch.allclose(want, logits(load_model("models/par"), ids))  # training moved it
     assert (logits(load_artifact(adapter), ids) - want).abs().max() < 1e-4
+    # its card: the adapter's size against the full child's, and the child's gain kept
+    for name in ("par", "kid", "ex"):
+        run_stage("evaluate", name)
+        run_stage("record", name)
+    card = Path("cards/ex.md").read_text()
+    twin = json.loads(Path("cards/ex.json").read_text())
+    section = card.split("## Extraction", 1)[1].split("## Gate", 1)[0]
+    assert f"| size ratio (adapter / full) | {facts['size_ratio']:.3f} |" in section
+    kid, par = twin["primary"]["parents"]["kid"], twin["primary"]["parents"]["par"]
+    kept = (twin["primary"]["child"] - par) / (kid - par)
+    assert abs(kept - 1) < 1e-3  # full rank: all of the fine-tune's gain
+    assert f"| gain over the parent kept | {100 * kept:.1f} % |" in section
+    # at a low rank the adapter is smaller than the model and keeps part of the gain
+    propose("ex2", "extract_lora", ["kid", "par"], 0, {**pico, "train": "none"}, parameters={"max_rank": 2})
+    for stage in ("breed", "evaluate", "record"):
+        run_stage(stage, "ex2")
+    low = read_meta(Path("adapters/ex2"))["breed"]["facts"]
+    twin = json.loads(Path("cards/ex2.json").read_text())
+    section = Path("cards/ex2.md").read_text().split("## Extraction", 1)[1].split("## Gate", 1)[0]
+    kept = (twin["primary"]["child"] - par) / (kid - par)
+    assert low["rank"] == 2 and low["size_ratio"] < 1 and 0 < low["discarded_energy"] < 1
+    assert 0 < kept < 0.999, kept
+    assert f"| size ratio (adapter / full) | {low['size_ratio']:.3f} |" in section
+    assert f"| gain over the parent kept | {100 * kept:.1f} % |" in section
+    print(f"extract_rank2_size_ratio: {low['size_ratio']:.3f}  gain_kept: {100 * kept:.1f} %  "
+          f"discarded_energy: {100 * low['discarded_energy']:.1f} %")

@@ -7,8 +7,6 @@ lm-eval; the corpus and the target task's documents are written by the test.
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,6 @@ from studbook.repository.proposal import propose
 from studbook.operators.targets import bits_per_byte, rolling_windows, task_texts
 from studbook.operators.tokenizer import load_tokenizer
 
-from conftest import copy_skeleton, run
 
 PICO = {"contract": "stdlib_pico", "model": "llama_pico", "train": "pico", "data": "stdlib_all"}
 TARGET_TASK = "stdlib_mining_bpb_tests"
@@ -39,19 +36,6 @@ def test_rolling_windows_score_every_token_once(length, max_length):
     assert windows[0][0][0] == 0  # the first window starts from the prefix token
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """The real corpus and benchmarks (the two shared stages, run once for the module)."""
-    root = copy_skeleton(tmp_path_factory.mktemp("prepared"))
-    for stage in ("prepare_data.py stdlib", "build_benchmarks.py"):
-        run([sys.executable, *f"stages/{stage}".split()], root)
-    return root / "data"
-
-
-@pytest.fixture
-def studbook(skeleton: Path, prepared: Path) -> Path:
-    shutil.copytree(prepared, skeleton / "data")
-    return skeleton
 
 
 def budget(name: str, steps: int, target: float | None = None, lr: float = 1e-2) -> None:

@@ -121,8 +121,28 @@ def card_context(meta: dict, results: dict, verdict: dict, contract,
         "target": meta["compute"].get("target"), "compounding": evidence.get("compounding"),
         "numerics": meta.get("numerics"),
         **({"selection": verdict["selection"]} if "selection" in verdict else {}),  # a search's
+        "extraction": extraction(meta, verdict["primary"]),
         "front_matter": front,
     }
+
+
+def extraction(meta: dict, primary: dict) -> dict[str, Any] | None:
+    """A child stored as a LoRA of its parent (`extract_lora`): what it costs (bytes against
+    the full child's) and what it keeps (the share of the full child's gain over the parent
+    on the primary metric that the adapter still has: 100 % = all of it)."""
+    facts = (meta.get("breed") or {}).get("facts") or {}
+    if "size_ratio" not in facts or "child" not in facts or "base" not in facts:
+        return None
+    full, parent = facts["child"]["name"], facts["base"]["name"]
+    scores = primary["parents"]
+    kept = None
+    if full in scores and parent in scores and scores[full] != scores[parent]:
+        kept = (primary["child"] - scores[parent]) / (scores[full] - scores[parent])
+    return {"full": full, "parent": parent, "rank": facts["rank"], "smallest_rank": facts.get("smallest_rank"),
+            "decomposed": facts["decomposed_modules"], "full_rank_modules": int(facts.get("full_rank_modules") or 0),
+            "adapter_bytes": facts["adapter_bytes"], "full_bytes": facts["full_bytes"],
+            "size_ratio": facts["size_ratio"], "discarded_energy": facts["discarded_energy"],
+            "gain_kept": kept, "full_score": scores.get(full), "parent_score": scores.get(parent)}
 
 
 def compounding(child: dict, scratch_name: str, scratch: dict) -> dict[str, Any]:
