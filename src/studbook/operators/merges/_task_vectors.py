@@ -230,6 +230,26 @@ def sparsify(delta, method: str, params: dict, rescale: bool, inplace: bool = Fa
     return SPARSIFIERS[method](delta, density, inplace, rescale)
 
 
+RANDOM = ("random", "della_magprune")  # sparsifiers that draw from torch's generator
+
+
+def _each(work, items) -> None:
+    """work(item) for every item, on as many threads as torch uses (its kernels release
+    the GIL); an exception is raised here."""
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    threads = min(len(items), torch.get_num_threads())
+    if threads <= 1:
+        for item in items:
+            work(item)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(work, item) for item in items]:
+            future.result()
+
+
 def combine(base, tensors, per_model, shared, prune: str | None, elect_sign: bool):
     """mergekit's `GeneralizedTaskArithmeticMerge.merge_group` with sparsifier `prune`
     (a key of SPARSIFIERS, or None) and consensus "sum" when `elect_sign`."""
@@ -244,17 +264,24 @@ def combine(base, tensors, per_model, shared, prune: str | None, elect_sign: boo
     # place: the chunks below are views of it, not stacked copies
     flat_base = base.reshape(-1)
     deltas = torch.empty((len(per_model), flat_base.numel()), dtype=base.dtype)
-    for index, params in enumerate(per_model):
+
+    def prune_row(index: int) -> None:
+        row = deltas[index]
+        pruned = sparsify(row.view(base.shape), prune, per_model[index], bool(shared["rescale"]), inplace=True)
+        if pruned.data_ptr() != row.data_ptr():
+            row.copy_(pruned.reshape(-1))
+
+    for index in range(len(per_model)):
         # consume the caller's list: each input is freed as soon as its task vector exists
         tensor, tensors[index] = tensors[index], None
-        row = deltas[index]
-        torch.sub(tensor.reshape(-1), flat_base, out=row)
+        torch.sub(tensor.reshape(-1), flat_base, out=deltas[index])
         del tensor
-        if prune:
-            pruned = sparsify(row.view(base.shape), prune, params, bool(shared["rescale"]), inplace=True)
-            if pruned.data_ptr() != row.data_ptr():
-                row.copy_(pruned.reshape(-1))
-            del pruned
+        if prune in RANDOM:  # draws in model order from the one generator: serial
+            prune_row(index)
+    if prune and prune not in RANDOM:
+        # magnitude selections (a sort when ties straddle the cut, as mergekit's) are serial
+        # kernels: one model per core gives the same rows sooner
+        _each(prune_row, range(len(per_model)))
     dtype = deltas.dtype
     weights = torch.tensor([p["weight"] for p in per_model], dtype=dtype).unsqueeze(-1)
     merged = torch.empty_like(base)
