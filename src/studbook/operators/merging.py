@@ -22,6 +22,7 @@ from studbook.operators.merge_config import FilterValue, MergeConfig, parse_conf
 from studbook.operators.safetensors_io import (SafetensorsWriter, parse_size, read_header, read_tensor,
                                                shard_layout, torch_dtype, writer_bytes)
 
+
 def run_merge(config: MergeConfig, resolve: Callable[[str], Path], out_dir: str | Path,
               seed: int = 0, on_tensor: Callable[[int, int, str], None] | None = None,
               out_shard_size: str | int | None = None) -> dict:
