@@ -112,11 +112,7 @@ def parse_config(data: Any, file: str, prefix: str = "") -> MergeConfig:
             if default is None and key not in entry.parameters and key not in config.parameters:
                 raise StudbookError(f"'{method.name}' needs '{key}' for every model",
                                     file=file, key=f"{at}models[{index}].parameters.{key}")
-    for key in config.parameters:
-        if key not in method.shared and key not in method.per_model:
-            raise StudbookError(f"'{method.name}' has no parameter '{key}' (known: "
-                                f"{', '.join([*method.shared, *method.per_model]) or 'none'})",
-                                file=file, key=f"{at}parameters.{key}")
+    _check_scope(method, config.parameters, file, f"{at}parameters")
     for key, default in method.shared.items():
         if default is None and key not in config.parameters:
             raise StudbookError(f"'{method.name}' needs parameter '{key}'",
@@ -124,8 +120,6 @@ def parse_config(data: Any, file: str, prefix: str = "") -> MergeConfig:
     for index, entry in enumerate(config.models):
         for key, value in entry.parameters.items():
             _check_range(method.name, key, value, file, f"{at}models[{index}].parameters.{key}")
-    for key, value in config.parameters.items():
-        _check_range(method.name, key, value, file, f"{at}parameters.{key}")
     _check_normalizable(config, method, file, at)
     return config
 
@@ -161,20 +155,22 @@ def _check_slices(config: MergeConfig, method, file: str, at: str) -> None:
                                                (source.parameters, piece.parameters, config.parameters)):
                     raise StudbookError(f"'{method.name}' needs '{key}' for every model", file=file,
                                         key=f"{where}.sources[{position}].parameters.{key}")
-        for key, value in piece.parameters.items():
-            if key not in method.shared and key not in method.per_model:
-                raise StudbookError(f"'{method.name}' has no parameter '{key}'", file=file,
-                                    key=f"{where}.parameters.{key}")
-            _check_range(method.name, key, value, file, f"{where}.parameters.{key}")
+        _check_scope(method, piece.parameters, file, f"{where}.parameters")
         for key, default in method.shared.items():
             if default is None and key not in piece.parameters and key not in config.parameters:
                 raise StudbookError(f"'{method.name}' needs parameter '{key}'", file=file,
                                     key=f"{where}.parameters.{key}")
-    for key, value in config.parameters.items():
+    _check_scope(method, config.parameters, file, f"{at}parameters")
+
+
+def _check_scope(method, parameters: dict, file: str, where: str) -> None:
+    """A scope shared by every model (the top level or a slice's): known names, in range."""
+    for key, value in parameters.items():
         if key not in method.shared and key not in method.per_model:
-            raise StudbookError(f"'{method.name}' has no parameter '{key}'", file=file,
-                                key=f"{at}parameters.{key}")
-        _check_range(method.name, key, value, file, f"{at}parameters.{key}")
+            raise StudbookError(f"'{method.name}' has no parameter '{key}' (known: "
+                                f"{', '.join([*method.shared, *method.per_model]) or 'none'})",
+                                file=file, key=f"{where}.{key}")
+        _check_range(method.name, key, value, file, f"{where}.{key}")
 
 
 # parameters with a bounded meaning: (low, low included, high, what it is, for which methods)
