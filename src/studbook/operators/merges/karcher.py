@@ -24,12 +24,23 @@ PEFT has no counterpart.
 from __future__ import annotations
 
 from studbook.operators.merges import register_merge
-from studbook.operators.merges._sphere import aligned, working
+from studbook.operators.merges._sphere import aligned, each, per_thread, spans, widest, working
+
+CHUNK_ELEMENTS = 1 << 17  # entries per chunk of the elementwise passes
 
 
 def karcher_mean(tensors: list, alphas: list[float], max_iter: int = 10, tol: float = 1e-5):
     """mergekit's `karcher_merge_tensors`; consumes `tensors` (entries set to None once
-    turned into unit vectors), so at most one input and its unit vector are held twice."""
+    turned into unit vectors), so at most one input and its unit vector are held twice.
+
+    The whole-tensor reductions (norms, dot products) are mergekit's calls on whole
+    tensors, on the caller's threads. The elementwise steps between them (the tangent's
+    weighted sum over the inputs, the exponential map, the normalisations) run over
+    chunks of CHUNK_ELEMENTS entries spread over threads (see `each`), each step written
+    into its own buffer: every entry sees mergekit's operations, with the same operands
+    in the same order and dtypes (0-dim tensors stay 0-dim, Python floats stay Python
+    floats), so the same floats; a pass over the inputs costs one read of each instead
+    of several full-size temporaries per input."""
     import torch
 
     if len(tensors) == 1:
@@ -54,33 +65,82 @@ def karcher_mean(tensors: list, alphas: list[float], max_iter: int = 10, tol: fl
     alpha_sum = sum(valid_alphas)
     weights = [alpha / alpha_sum for alpha in valid_alphas]
 
-    mean = torch.zeros_like(units[0])
-    for alpha, unit in zip(weights, units):
-        mean += alpha * unit
-    mean_norm = torch.linalg.vector_norm(mean.to(dtype))
-    mean = units[0].clone() if mean_norm.item() < tol else (mean / mean_norm).to(mean.dtype)
+    unit_dtype = units[0].dtype
+    flats = [unit.view(-1) for unit in units]
+    size = flats[0].numel()
+    chunks = spans(size, CHUNK_ELEMENTS)
+    width = widest(chunks)
 
+    # each worker's two buffers, kept over the iterations
+    scratch = per_thread(lambda: (torch.empty(width, dtype=unit_dtype), torch.empty(width, dtype=unit_dtype)))
+
+    mean = torch.zeros_like(units[0])
+    flat_mean = mean.view(-1)
+
+    def start_mean(span, state):  # mean += alpha * unit, input by input
+        start, stop = span
+        part, product = flat_mean[start:stop], state[0][:stop - start]
+        for alpha, flat in zip(weights, flats):
+            part += torch.mul(flat[start:stop], alpha, out=product)
+
+    each(chunks, start_mean, scratch)
+    mean_norm = torch.linalg.vector_norm(mean.to(dtype))
+    if mean_norm.item() < tol:
+        mean = units[0].clone()
+    else:
+        mean.div_(mean_norm)  # (mean / mean_norm).to(mean.dtype)
+    flat_mean = mean.view(-1)
+
+    tangent = torch.empty_like(mean)
+    flat_tangent = tangent.view(-1)
     for _ in range(max_iter):
-        tangent = torch.zeros_like(mean)
-        for alpha, unit in zip(weights, units):
-            dot = torch.clamp(torch.dot(mean.flatten(), unit.flatten()), -1.0, 1.0)
+        # per input: dot, theta and the coefficient alpha * theta / sin(theta), or skipped
+        terms = []
+        for alpha, flat in zip(weights, flats):
+            dot = torch.clamp(torch.dot(flat_mean, flat), -1.0, 1.0)
             theta = torch.arccos(dot)
             if theta.item() < tol:
                 continue
-            tangent += alpha * (theta / torch.sin(theta)) * (unit - dot * mean)
+            terms.append((alpha * (theta / torch.sin(theta)), dot, flat))
+
+        def tangent_part(span, state, terms=terms):  # tangent = 0; += coef * (unit - dot * mean)
+            start, stop = span
+            part = flat_tangent[start:stop]
+            product, difference = state[0][:stop - start], state[1][:stop - start]
+            if not terms:
+                part.zero_()
+            for index, (coefficient, dot, flat) in enumerate(terms):
+                torch.mul(dot, flat_mean[start:stop], out=product)
+                torch.sub(flat[start:stop], product, out=difference)
+                torch.mul(coefficient, difference, out=product)
+                if index:
+                    part += product
+                else:  # 0 + x, as the zeros plus the first term: x, but -0 becomes +0
+                    torch.add(product, 0.0, out=part)
+
+        each(chunks, tangent_part, scratch)
         tangent_norm = torch.linalg.vector_norm(tangent.to(dtype))
         if tangent_norm.item() < tol:
             break
-        mean = (torch.cos(tangent_norm) * mean
-                + torch.sin(tangent_norm) * (tangent / tangent_norm)).to(mean.dtype)
-        del tangent
+        cos, sin = torch.cos(tangent_norm), torch.sin(tangent_norm)
+
+        def step(span, state, cos=cos, sin=sin, tangent_norm=tangent_norm):
+            # mean = cos(|t|) * mean + sin(|t|) * (tangent / |t|), written over the old mean
+            start, stop = span
+            product, quotient = state[0][:stop - start], state[1][:stop - start]
+            torch.mul(cos, flat_mean[start:stop], out=product)
+            torch.div(flat_tangent[start:stop], tangent_norm, out=quotient)
+            torch.mul(sin, quotient, out=quotient)
+            torch.add(product, quotient, out=flat_mean[start:stop])
+
+        each(chunks, step, scratch)
         unit_norm = torch.linalg.vector_norm(mean.to(dtype))
         if unit_norm.item() > tol:
-            mean = (mean / unit_norm).to(mean.dtype)
+            mean.div_(unit_norm)  # (mean / unit_norm).to(mean.dtype)
 
-    del units
+    units = flats = tangent = None  # the unit vectors are freed here
     scale = sum(alpha * norm for alpha, norm in zip(alphas, norms))  # all inputs, unnormalised
-    return scale * mean
+    return torch.mul(scale, mean, out=mean)  # scale * mean, over the mean we own
 
 
 @register_merge("karcher", base="ignored", min_models=1, per_model={},

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from studbook.core.errors import StudbookError
 from studbook.operators.merges import register_merge
-from studbook.operators.merges._sphere import aligned
+from studbook.operators.merges._sphere import aligned, each, one_thread, per_thread, spans, widest
+
+CHUNK_ELEMENTS = 1 << 17  # columns per chunk (per input) of the elementwise passes
 
 
 @register_merge("multislerp", base="optional", min_models=1, per_model={"weight": None},
@@ -37,50 +39,115 @@ def merge_multislerp(base, tensors, per_model, shared):
         return tensors[0]  # no interpolation needed
 
     shape = tensors[0].shape
-    stacked = torch.empty((count, *shape), dtype=dtype)  # torch.stack, freeing each input
-    for index in range(count):
-        stacked[index].copy_(tensors[index])
-        tensors[index] = None
-    if base is not None:
-        stacked -= base
-    flat = stacked.view(count, -1)
+    flats = [tensor.reshape(-1) for tensor in tensors]
+    flat_base = base.reshape(-1) if base is not None else None
+    size = flats[0].numel()
+    chunks = spans(size, CHUNK_ELEMENTS)
+    width = widest(chunks)
+    scratch = per_thread(lambda: torch.empty((count, width), dtype=dtype))
+
+    def stacked(start: int, stop: int, buffer):
+        """Columns start:stop of mergekit's stack (minus the base), into `buffer`."""
+        part = buffer[:, :stop - start] if stop - start == width else torch.empty((count, stop - start), dtype=dtype)
+        for index, flat in enumerate(flats):
+            if flat_base is None:
+                part[index].copy_(flat[start:stop])
+            else:
+                torch.sub(flat[start:stop], flat_base[start:stop], out=part[index])  # tensors -= base
+        return part
 
     weights = torch.tensor([float(p["weight"]) for p in per_model], dtype=dtype)
     if bool(shared["normalize_weights"]):
         weights = weights / weights.sum()
+    column = weights.view(-1, 1)
 
-    norms = torch.norm(flat, dim=-1, keepdim=True)  # project onto the unit sphere
-    if count == 2:  # the inputs stay for the linear fallback below
-        units = flat / (norms + eps)
-    else:  # divided in place: the same quotients, one stack fewer
-        units = flat.div_(norms + eps)
-        stacked = flat = None
+    # per-row reductions of mergekit's (k, n) tensors, row by row: torch reduces each row of a
+    # (k >= 2, n) tensor whole on one thread, so a row alone on one thread is the same float
+    row = torch.empty(size, dtype=dtype)  # one row's values, reduced whole
+    norms = [None] * count
 
-    mean = (units * weights.view(-1, 1)).sum(0)
+    def norm(index, _state):  # torch.norm(tensors_flat, dim=-1, keepdim=True), this row's
+        norms[index] = torch.norm(flats[index].view(1, -1), dim=-1, keepdim=True)
+
+    if flat_base is None:  # the rows are the inputs: reduced side by side
+        each(range(count), norm, minimum=2)
+    else:
+        for index, flat in enumerate(flats):
+            def difference(span, _state, flat=flat):
+                torch.sub(flat[span[0]:span[1]], flat_base[span[0]:span[1]], out=row[span[0]:span[1]])
+
+            each(chunks, difference)
+            with one_thread():
+                norms[index] = torch.norm(row.view(1, -1), dim=-1, keepdim=True)
+    norms = torch.cat(norms)  # project onto the unit sphere: tensors_flat / (norms + eps)
+    divisors = norms + eps
+
+    mean = torch.empty(size, dtype=dtype)
+
+    def weighted_mean(span, buffer):  # (units * weights).sum(0)
+        units = stacked(*span, buffer).div_(divisors)
+        torch.sum(units.mul_(column), dim=0, out=mean[span[0]:span[1]])
+
+    each(chunks, weighted_mean, scratch)
     mean_norm = torch.norm(mean)
     if mean_norm < eps:
         if count == 2:  # linear interpolation
-            result = (stacked[0] * weights[0] + stacked[1] * weights[1]).view(shape)
-            return result + base if base is not None else result
+            result = torch.empty(size, dtype=dtype)
+
+            def lerp(span, buffer):
+                part = stacked(*span, buffer)
+                merged = part[0] * weights[0] + part[1] * weights[1]
+                if flat_base is not None:
+                    merged = merged + flat_base[span[0]:span[1]]
+                result[span[0]:span[1]] = merged
+
+            each(chunks, lerp, scratch)
+            return result.view(shape)
         raise StudbookError("multislerp: the weighted mean of the inputs' directions is zero "
                             "(antipodal inputs whose weights cancel); use other weights")
-    stacked = flat = None
-    mean = mean / mean_norm
+    mean.div_(mean_norm)  # mean / mean_norm
 
-    # onto the tangent space at the mean (in place: each entry is the same difference and
-    # product as mergekit's out-of-place `units - dots * mean`, `tangents * weights`)
-    dots = (units * mean).sum(-1, keepdim=True)
-    tangents = units.sub_(dots * mean)
-    del units, dots
-    tangent = tangents.mul_(weights.view(-1, 1)).sum(0)  # interpolate there
-    del tangents
+    # onto the tangent space at the mean: dots = (units * mean).sum(-1, keepdim=True), row by row
+    dots = []
+    for index, flat in enumerate(flats):
+        def product(span, _state, index=index, flat=flat):
+            start, stop = span
+            part = row[start:stop]
+            if flat_base is None:
+                torch.div(flat[start:stop], divisors[index], out=part)
+            else:
+                torch.sub(flat[start:stop], flat_base[start:stop], out=part).div_(divisors[index])
+            part.mul_(mean[start:stop])
+
+        each(chunks, product)
+        with one_thread():
+            dots.append(row.view(1, -1).sum(-1, keepdim=True))
+    dots = torch.cat(dots)
+    row = None  # freed
+
+    # tangents = units - dots * mean; tangent = (tangents * weights).sum(0): interpolate there
+    tangent = torch.empty(size, dtype=dtype)
+
+    def tangent_part(span, buffer):
+        start, stop = span
+        units = stacked(start, stop, buffer).div_(divisors)
+        units.sub_(dots * mean[start:stop])
+        torch.sum(units.mul_(column), dim=0, out=tangent[start:stop])
+
+    each(chunks, tangent_part, scratch)
 
     tangent_norm = torch.norm(tangent) + eps  # back onto the sphere: the exponential map
-    result = mean * torch.cos(tangent_norm) + tangent * (torch.sin(tangent_norm) / tangent_norm)
-
+    cos = torch.cos(tangent_norm)
+    factor = torch.sin(tangent_norm) / tangent_norm
     average_norm = (norms.squeeze(-1) * weights).sum()
-    result = result * average_norm
-    result = result.view(shape)
-    if base is not None:
-        result = result + base
-    return result
+
+    def result_part(span, _state):  # (mean * cos + tangent * factor) * average_norm (+ base)
+        start, stop = span
+        part = mean[start:stop]
+        part.mul_(cos).add_(tangent[start:stop].mul_(factor)).mul_(average_norm)
+        if flat_base is not None:
+            part.add_(flat_base[start:stop])
+
+    each(chunks, result_part)
+    tensors[:] = [None] * count
+    return mean.view(shape)
