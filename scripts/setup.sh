@@ -6,6 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# The site test opens `studbook site` in a real headless Chromium: Debian's package, driven
+# by Playwright (whose own browser download is not used). Installed once, only as root.
+if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (apt) for the site test" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+        || echo "setup: could not install chromium; the site test says how" >&2
+fi
 if [ -n "${STUDBOOK_VENV:-}" ] && "$STUDBOOK_VENV/bin/python" -c "import studbook" 2>/dev/null; then
     echo "setup: using $STUDBOOK_VENV" >&2
     exit 0

@@ -264,16 +264,9 @@ def card_diff(
 @app.command()
 def negatives(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """The archive of rejected children, with why they were rejected."""
-    from studbook.repository.population import members
+    from studbook.repository.population import negative_results
 
-    from studbook.evolve import ledger
-
-    rows = [{"name": m["name"], "method": m["method"], "parents": [p["name"] for p in m["parents"]],
-             "reference_parent": m["reference_parent"], "reasons": m["reasons"],
-             "net_gain": m["primary"]["net_gain"]["mean"], "status": m["verdict"], "search": None}
-            for m in members() if m["verdict"] != "promoted"]
-    for search, path in ledger.ledgers().items():  # candidates a search did not promote
-        rows += ledger.negatives(ledger.read_ledger(path), search)
+    rows = negative_results()  # rejected members, then candidates a search did not promote
     if as_json:
         typer.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
@@ -286,6 +279,24 @@ def negatives(as_json: bool = typer.Option(False, "--json", help="machine-readab
         gain = "no net gain measured" if r["net_gain"] is None else f"net gain {r['net_gain']:+.4f}"
         typer.echo(terminal(f"{r['name']} ({r['method']} from {', '.join(r['parents'])}{where}): {gain} "
                             f"vs {r['reference_parent'] or '—'} — {'; '.join(r['reasons']) or 'no reason recorded'}"))
+
+
+@app.command()
+def site(
+    out: str = typer.Argument("site", help="the site's folder (written atomically; an earlier site there is replaced)"),
+    replace: bool = typer.Option(False, "--replace", help="replace OUT even if it is not a studbook site"),
+) -> None:
+    """Write the population as a static HTML site (no network): the lineage graph, the sortable
+    table, scores per niche, every generation's training curves, each card and negative result."""
+    from studbook.core.errors import StudbookError
+    from studbook.core.runtime import summary
+    from studbook.repository.site import build
+
+    try:
+        facts = build(out, replace=replace)
+    except StudbookError as exc:
+        _fail(exc)
+    summary(facts)
 
 
 @app.command()

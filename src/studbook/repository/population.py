@@ -131,3 +131,17 @@ def select_parents(method_name: str, contract_name: str, cards_dir: str | Path =
         "candidates": sorted(candidates, key=lambda c: c["name"]),
     }
     return chosen, selection
+
+
+def negative_results(cards_dir: str | Path = "cards", root: str | Path = ".") -> list[dict]:
+    """The archive of negative results: every member not promoted (its card kept), then
+    every candidate a breeding search did not promote (`searches/*/ledger.jsonl`)."""
+    from studbook.evolve import ledger
+
+    rows = [{"name": m["name"], "method": m["method"], "parents": [p["name"] for p in m["parents"]],
+             "reference_parent": m["reference_parent"], "reasons": m["reasons"],
+             "net_gain": m["primary"]["net_gain"]["mean"], "status": m["verdict"], "search": None}
+            for m in members(cards_dir) if m["verdict"] != "promoted"]
+    for search, path in ledger.ledgers(root).items():
+        rows += ledger.negatives(ledger.read_ledger(path), search)
+    return rows
