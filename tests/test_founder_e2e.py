@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -35,6 +36,55 @@ def test_stages_print_greppable_summaries(bred):
                  "reference_parent: uniform-byte"):
         assert line in log
     assert "tokens: 2048" in log  # 4 steps x 4 sequences x 128 tokens
+
+
+def test_repro_prints_progress_not_the_libraries_chatter(bred):
+    """One progress report per stage with an ETA, a few lines in a pipe; lm-eval's and
+    transformers' warnings in full in the evaluate stage's log file instead (issue 16)."""
+    repo, log = bred
+    lines = log.splitlines()
+    assert len(lines) <= 80 and max(map(len, lines)) <= 200, log
+    assert "aggregation is not" not in log and "Token indices" not in log and "\r" not in log
+    evaluate = [line for line in lines if line.startswith("progress: evaluate pico ")]
+    assert 1 <= len(evaluate) <= 10 and re.match(r"progress: evaluate pico (\d+)/\1 items \(100%\)", evaluate[-1])
+    train = [line for line in lines if line.startswith("progress: train step ")]
+    assert train[-1].startswith("progress: train step 4/4 (100%)") and "bits/byte" in train[-1]
+    assert "ETA" in train[0] or len(train) == 1
+    detail = repo / ".dvc/tmp/logs/pico/evaluate.log"
+    assert f"log: {detail.relative_to(repo).as_posix()} (" in log
+    assert "aggregation is not" in detail.read_text()
+
+
+def test_the_training_log_is_indexed_by_the_optimizer_step(bred):
+    repo, _ = bred
+    for metric in ("bits_per_byte", "loss", "lr"):
+        rows = (repo / f"generations/pico/live/plots/metrics/train/{metric}.tsv").read_text().splitlines()
+        assert rows[0] == f"step\t{metric}"
+        assert [int(row.split("\t")[0]) for row in rows[1:]] == [2, 4]  # log_every 2 of 4 steps
+    assert json.loads((repo / "generations/pico/live/metrics.json").read_text())["step"] == 4
+
+
+def test_dvc_plots_show_every_curve_against_the_step_and_nothing_else(bred):
+    """The root chart overlays every generation's curve (written by `studbook refresh`); a
+    generation's own chart is named, so selecting it plots no dvc.yaml as if it were data."""
+    repo, _ = bred
+    before = (repo / "dvc.yaml").read_text()
+    try:
+        run([PY, "-m", "studbook.cli", "refresh"], repo)
+        assert "generations/pico/live/plots/metrics/train/bits_per_byte.tsv: bits_per_byte" in \
+            (repo / "dvc.yaml").read_text()
+        shown = json.loads(run([PY, "-m", "dvc", "plots", "show", "--json"], repo).stdout)
+        one = json.loads(run([PY, "-m", "dvc", "plots", "show", "--json",
+                              "generations/pico/dvc.yaml::training"], repo).stdout)
+    finally:
+        (repo / "dvc.yaml").write_text(before)
+    assert not shown.get("errors") and not one.get("errors")
+    assert set(shown["data"]) == {"dvc.yaml::training", "generations/pico/dvc.yaml::training"}
+    assert list(one["data"]) == ["training"]
+    for chart in (shown["data"]["dvc.yaml::training"][0], one["data"]["training"][0]):
+        content = chart["content"]
+        assert content["encoding"]["x"] == {"field": "step", "type": "quantitative", "title": "optimizer step"}
+        assert [int(row["step"]) for row in content["data"]["values"]] == [2, 4]
 
 
 def test_card_has_real_numbers(bred):
@@ -145,7 +195,7 @@ def test_population_lists_the_member(bred):
     repo, _ = bred
     rows = json.loads(run([PY, "-m", "studbook.cli", "population", "--json"], repo).stdout)
     assert [(r["name"], r["verdict"], r["parents"]) for r in rows] == [("pico", "promoted", ["uniform-byte"])]
-    shown = run([PY, "-m", "studbook.cli", "show", "pico"], repo).stdout
+    shown = run([PY, "-m", "studbook.cli", "show", "pico", "--raw"], repo).stdout
     assert shown == (repo / "cards/pico.md").read_text()
     missing = run([PY, "-m", "studbook.cli", "show", "ghost"], repo, check=False)
     assert missing.returncode == 2 and "no member named 'ghost'" in missing.stderr

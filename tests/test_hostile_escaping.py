@@ -161,7 +161,9 @@ def test_terminal_reports_show_control_characters_as_escapes(tmp_path, monkeypat
     negatives = runner.invoke(cli.app, ["negatives"])
     assert negatives.exit_code == 0 and "\x1b" not in negatives.output
     assert "\\x1b[31mred" in negatives.output and "\\x1b]8;;javascript:alert(1)\\x07x" in negatives.output
-    shown = runner.invoke(cli.app, ["show", "x"])
+    shown = runner.invoke(cli.app, ["show", "x", "--raw"])
     assert shown.output == "# x\n\tindented\n\\x1b[2Jgone\n"
+    rendered = runner.invoke(cli.app, ["show", "x"])  # rich Markdown: the escapes stay visible
+    assert rendered.exit_code == 0 and "\x1b" not in rendered.output and "\\x1b[2Jgone" in rendered.output
     report = member_drift({**card, "numerics": {"mode": ANSI}}, {"weights_sha256": "0"}, None)
     assert "\x1b" not in render([report]) and "\\x1b[2J" in render([report])

@@ -165,10 +165,11 @@ def methods() -> None:
 
 @app.command()
 def population(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """Every member, promoted or rejected, with its contract scores, cost and whether its card
-    agrees with its evidence here (★: the best verified promoted member of its contract)."""
+    """Every member, promoted or rejected, with its contract scores per benchmark, cost and
+    whether its card agrees with its evidence here (★: the best verified promoted member of
+    its contract). Tables fit the terminal's width (COLUMNS, or 80 in a pipe)."""
     from studbook.core.errors import StudbookError
-    from studbook.repository.population import table as population_table
+    from studbook.repository.population import members, table as population_table
 
     try:
         rows = population_table()
@@ -178,26 +179,14 @@ def population(as_json: bool = typer.Option(False, "--json", help="machine-reada
         typer.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
     from rich.console import Console
-    from rich.table import Table
 
     from studbook.core.escaping import rich_text as esc
+    from studbook.repository.terminal import population as render
 
-    table = Table(title="population")
-    for column in ("member", "kind", "method", "parents", "contract", "bits/byte", "net gain",
-                   "verdict", "evidence", "parameters", "tokens", "FLOPs", "seconds"):
-        table.add_column(column)
-    for r in rows:
-        check = r["verification"]
-        evidence = {"verified": "verified", "unverified": "[dim]unverified[/]"}.get(
-            check["status"], f"[bold red]TAMPERED[/] {esc(check['field'])}")
-        table.add_row(("★ " if r["best"] else "") + esc(r["name"]), esc(r["kind"]), esc(r["method"]),
-                      esc(", ".join(r["parents"])), esc(r["contract"]), f"{r['primary']:.4f}",
-                      f"{r['net_gain']:+.4f}", esc(r["verdict"]), evidence, f"{r['parameters']:,}",
-                      f"{r['tokens']:,}", f"{r['flops']:.3g}", f"{r['seconds']:.0f}")
-    Console(width=200).print(table)
+    render(Console(), rows, members())
     for r in rows:
         if r["verification"]["status"] == "tampered":
-            Console(width=200, stderr=True).print(
+            Console(stderr=True).print(
                 f"[bold red]tampered[/]: cards/{esc(r['name'])}.json disagrees with its evidence: "
                 f"{esc(r['verification']['summary'].removeprefix('tampered: '))}")
 
@@ -362,8 +351,10 @@ def candidates(search: Optional[str] = typer.Argument(None, help="one search (de
 
 
 @app.command()
-def show(name: str = typer.Argument(..., help="member name")) -> None:
-    """Print a member's card."""
+def show(name: str = typer.Argument(..., help="member name"),
+         raw: bool = typer.Option(False, "--raw", help="the card's Markdown as written, front matter included")) -> None:
+    """Print a member's card for the terminal: its front matter summed up in a few lines, its
+    body rendered (tables, headings) to the terminal's width; --raw for the file itself."""
     from pathlib import Path
 
     from studbook.core.errors import StudbookError
@@ -375,7 +366,16 @@ def show(name: str = typer.Argument(..., help="member name")) -> None:
         _fail(exc)
     from studbook.core.escaping import terminal_lines
 
-    sys.stdout.write(terminal_lines(Path("cards", f"{name}.md").read_text(encoding="utf-8")))
+    file = Path("cards", f"{name}.md")
+    text = file.read_text(encoding="utf-8")
+    if raw:
+        sys.stdout.write(terminal_lines(text))
+        return
+    from rich.console import Console
+
+    from studbook.repository.terminal import card
+
+    card(Console(), text, file.as_posix())
 
 
 @app.command()

@@ -21,11 +21,13 @@ OFFLINE_ENV = {
 }
 
 
-# Stages print one progress line per logged step (with an ETA) and a summary; the
-# libraries' own per-file bars (weights loaded, shards written, splits generated) are noise
+# Stages report their own progress (`core.progress`: one bar, or a few lines in a pipe,
+# with an ETA) and a summary; the libraries' own bars (weights loaded, splits generated,
+# lm-eval's contexts built per task) are noise. STUDBOOK_VERBOSE=1 keeps them.
 QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' loading bars follow huggingface_hub's switch
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",  # tqdm's own default for `disable`, read when tqdm is imported
 }
 
 
@@ -64,8 +66,10 @@ def entry(module, argv: list[str] | None, takes_name: bool) -> list[str] | None:
     """Offline, numerics pinned, arguments checked; None when only help was asked for."""
     from studbook.core.numerics import pin_process
 
+    from studbook.core.progress import verbose
+
     offline()
-    for key, value in QUIET_ENV.items():
+    for key, value in ({} if verbose() else QUIET_ENV).items():
         os.environ.setdefault(key, value)
     kind = module.__name__.rsplit(".", 1)[-1]
     args = sys.argv[1:] if argv is None else argv

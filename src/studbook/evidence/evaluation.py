@@ -6,6 +6,8 @@ keeps the per-item scores (the gate's paired statistics need them) and the task 
 A per-item row holds every metric lm-eval scores per item as a number (a registered
 metric through its registry entry, e.g. bits per byte from (loglikelihood, bytes)), keyed
 as lm-eval keys its results: `name` for the unfiltered responses, `name,filter` otherwise.
+Progress is one report for the whole evaluation, in items scored with an ETA
+(`core.progress`), in place of lm-eval's bars (one per request type and per batch).
 """
 
 from __future__ import annotations
@@ -34,20 +36,75 @@ def _item_scores(sample: dict) -> dict[str, float]:
     return scores
 
 
-def _chosen_documents(configs: list[dict], manager, tasks: list[str], limit: int | None,
-                      keep) -> dict[str, list[int]]:
-    """Document indices of the items `keep` chooses among each task's first `limit` items
-    (lm-eval's `samples` and `limit` exclude each other, so the limit is applied here)."""
+def _documents(configs: list[dict], manager, tasks: list[str], limit: int | None, keep):
+    """The tasks, built once (lm-eval's own order, which `simple_evaluate` is handed back);
+    the document indices `keep` chooses among each task's first `limit` items (None without
+    `keep`: lm-eval's `samples` and `limit` exclude each other, so the limit is applied
+    here); and how many items will be scored in all (the progress bar's total)."""
     from lm_eval.tasks import get_task_dict
 
     built = get_task_dict(configs, manager)
     chosen: dict[str, list[int]] = {}
+    total = 0
     for task in tasks:
-        docs = list(built[task].eval_docs)[:limit]
+        docs = built[task].eval_docs
+        if keep is None:
+            total += len(docs) if limit is None else min(limit, len(docs))
+            continue
+        docs = list(docs)[:limit]
         ids = [doc.get("id", str(index)) for index, doc in enumerate(docs)]
         wanted = set(keep(task, ids))
         chosen[task] = [index for index, item in enumerate(ids) if item in wanted]
-    return chosen
+        total += len(chosen[task])
+    return list(built.values()), (None if keep is None else chosen), total
+
+
+def _reporting(lm_class):
+    """`lm_class` (lm-eval's HFLM) with its own bars off (its `disable_tqdm`) and its
+    progress, in items scored, reported to `self.progress` instead: a rolling request
+    (bits per byte) is done when its last window is scored — windows are scored in request
+    order, one batch per `_loglikelihood_tokens` call — and other requests when their call
+    returns. Nothing here touches what is computed: same requests, same batches."""
+    from bisect import bisect_right
+    from itertools import accumulate
+
+    from lm_eval import utils
+
+    class Reporting(lm_class):
+        progress = None  # a core.progress.Progress
+        _windows = None  # cumulative windows per rolling request, while one call runs
+
+        def _items(self, count: int) -> int:  # under a launch this process sees its shard
+            return count * self.world_size
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            counts = (sum(1 for _ in utils.get_rolling_token_windows(
+                token_list=self.tok_encode(request.args[0]), prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length, context_len=1)) for request in requests)
+            self._windows, self._scored, self._base = list(accumulate(counts)), 0, self.progress.done
+            try:
+                return super().loglikelihood_rolling(requests, disable_tqdm=True)
+            finally:
+                self._windows = None
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+            out = super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+            if self._windows is not None:
+                self._scored += len(requests)
+                self.progress.update(self._base + self._items(bisect_right(self._windows, self._scored)))
+            return out
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            out = super().loglikelihood(requests, disable_tqdm=True)
+            self.progress.advance(self._items(len({(r.task_name, r.doc_id) for r in requests})))
+            return out
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            out = super().generate_until(requests, disable_tqdm=True)
+            self.progress.advance(self._items(len({(r.task_name, r.doc_id) for r in requests})))
+            return out
+
+    return Reporting
 
 
 def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir, spec,
@@ -60,6 +117,7 @@ def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir, spec,
     from lm_eval.tasks import TaskManager
 
     from studbook.core import launch
+    from studbook.core.progress import Progress
     from studbook.operators.artifacts import load_artifact
     from studbook.operators.tokenizer import load_tokenizer
 
@@ -72,8 +130,8 @@ def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir, spec,
     # parent scored on a CPU and a child scored on a GPU differ by kernels, not by dtype
     model = load_artifact(model_dir).to(launch.device())
     tokenizer = load_tokenizer(model_dir)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size,
-              max_length=context_length)
+    lm = _reporting(HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size,
+                          max_length=context_length)
     if launch.world_size() > 1:
         # Data-parallel, as lm-eval runs a model it loads itself under `accelerate launch`:
         # requests are sharded by rank and gathered on rank 0. lm-eval sets that up only for
@@ -91,14 +149,15 @@ def evaluate_model(model_dir: str | Path, tasks: list[str], task_dir, spec,
     lm_eval.utils.env = sandbox()
     configs = [resolved_task(task_dir, task) for task in tasks]
     manager = TaskManager(include_path=None, include_defaults=False)
-    samples = None if keep is None else _chosen_documents(configs, manager, tasks, spec.limit, keep)
-    raw = simple_evaluate(
-        model=lm, tasks=configs, task_manager=manager,
-        limit=spec.limit if samples is None else None, samples=samples,
-        log_samples=True, bootstrap_iters=0, cache_requests=False,
-        random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
-        fewshot_random_seed=spec.seed,
-    )
+    built, samples, total = _documents(configs, manager, tasks, spec.limit, keep)
+    with Progress(f"evaluate {Path(model_dir).name}", total, "items") as lm.progress:
+        raw = simple_evaluate(
+            model=lm, tasks=built, task_manager=manager,
+            limit=spec.limit if samples is None else None, samples=samples,
+            log_samples=True, bootstrap_iters=0, cache_requests=False,
+            random_seed=spec.seed, numpy_random_seed=spec.seed, torch_random_seed=spec.seed,
+            fewshot_random_seed=spec.seed,
+        )
     if raw is None:  # a launched process other than the main one: rank 0 holds the results
         return None
     results: dict[str, dict] = {}

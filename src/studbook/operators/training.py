@@ -6,8 +6,10 @@ device and, under `accelerate launch`, wraps the model in DDP: every process dra
 same global batch from the seeded generator and trains on its own slice of it, so the
 recipe's `batch_size` is the global batch on any number of processes and one CPU process
 gives exactly the weights a plain loop gives. Loss, bits per byte (from the packed text's
-bytes, not its tokens) and the learning rate go to dvclive so `dvc plots show` draws the
-curve. The launcher is a runtime choice, never a recipe key.
+bytes, not its tokens) and the learning rate go to dvclive against the optimizer step (its
+`step` column), so `dvc plots show` draws the curve over the steps trained. Progress is one
+bar on a terminal (a line per tenth of the steps in a pipe) with the loss, the throughput
+and an ETA; it reads the clock only. The launcher is a runtime choice, never a recipe key.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from studbook.core.runtime import progress
+from studbook.core.progress import Progress
 from studbook.operators.packing import Stream
 
 _LN2 = math.log(2)
@@ -135,6 +137,7 @@ def train(model, stream, spec, context_length: int, seed: int,
     tokens, done, capped, stopped, paused = 0, 0, False, False, 0.0
     window_ce, window_bytes, window_steps = 0.0, 0.0, 0  # the logged window, this process
     final_loss = final_bpb = float("nan")
+    report, note = Progress("train step", spec.steps), ""
     for step in range(spec.steps):
         if spec.max_seconds and time.perf_counter() - start - paused > spec.max_seconds:
             capped = True
@@ -160,21 +163,22 @@ def train(model, stream, spec, context_length: int, seed: int,
                                             spec.batch_size * context_length)
             window_ce, window_bytes, window_steps = 0.0, 0.0, 0
             elapsed = time.perf_counter() - start - paused
-            eta = elapsed / (step + 1) * (spec.steps - step - 1)
-            progress(f"train step {step + 1}/{spec.steps} loss {final_loss:.4f} "
-                     f"({final_bpb:.3f} bits/byte) {tokens * processes / elapsed:,.0f} tok/s, "
-                     f"ETA {eta:.0f} s")
+            note = (f"loss {final_loss:.4f} ({final_bpb:.3f} bits/byte), "
+                    f"{tokens * processes / elapsed:,.0f} tok/s")
             if live is not None:  # no throughput here: the log is a DVC output, kept deterministic
+                live.step = step + 1  # x of `dvc plots`: the optimizer step, not the log's row
                 live.log_metric("train/loss", final_loss)
                 live.log_metric("train/bits_per_byte", final_bpb)
                 live.log_metric("train/lr", lr_at(step, spec))
                 live.next_step()
+        report.update(step + 1, note)
         if should_stop is not None:
             asked = time.perf_counter()
             stopped = launch.broadcast(should_stop(step + 1, tokens * processes) if launch.is_main() else None)
             paused += time.perf_counter() - asked
             if stopped:
                 break
+    report.close()
     if window_steps:
         final_loss, final_bpb = _window(accelerator, window_ce, window_bytes, window_steps,
                                         spec.batch_size * context_length)

@@ -123,7 +123,7 @@ def render_dvc_yaml(resolved: ResolvedRecipe, root: str | Path = ".") -> str:
     uncached = {str(paths.verdict), str(paths.card), str(paths.card_json),
                 *(o for s in stages for o in s["outs"] if o.startswith("hard_examples/"))}
     return template.render(name=resolved.recipe.name, dvc_yaml=str(paths.dvc_yaml), stages=stages,
-                           uncached=uncached)
+                           uncached=uncached, trains=bool(resolved.recipe.train.steps))
 
 
 def propose(name: str, method: str, parents: list[str], seed: int, choices: dict[str, str],
@@ -225,10 +225,12 @@ def propose_import(name: str, source: str, choices: dict[str, str], seed: int,
     return params
 
 
-def render_root_dvc_yaml(root: str | Path = ".") -> str:
+def render_root_dvc_yaml(root: str | Path = ".", trained: list[str] | tuple[str, ...] = ()) -> str:
     """The shared stages with their derived deps: one `prepare_data_NAME` per corpus in
     params.yaml (its code, its params key `corpora.NAME`, the folder or file it reads),
-    then benchmark building from the embedded corpus."""
+    then benchmark building from the embedded corpus; then one plot overlaying the
+    training curve (bits per byte against the optimizer step) of every generation in
+    `trained` (those whose recipe trains: the others log no curve)."""
     from studbook.core.codedeps import stage_code
     from studbook.evidence.corpora import load_corpora
 
@@ -248,20 +250,31 @@ def render_root_dvc_yaml(root: str | Path = ".") -> str:
         lines += [f"      - {d}" for d in stage_code(root, stage["kind"]) + stage["deps"]]
         lines += ["    params:"] + [f"      - {p}" for p in stage["params"]]
         lines += ["    outs:"] + [f"      - {o}" for o in stage["outs"]]
+    if trained:
+        curve = "live/plots/metrics/train/bits_per_byte.tsv"
+        lines += ["# Every generation's training curve on one chart (`dvc plots show`), written by",
+                  "# `studbook refresh` from the generations whose recipe trains.",
+                  "plots:", "  - training:", "      title: training loss of every generation (bits per byte)",
+                  "      template: linear", "      x: step", "      x_label: optimizer step",
+                  "      y_label: bits per byte", "      y:"]
+        lines += [f"        {GenerationPaths(name).folder / curve}: bits_per_byte" for name in sorted(trained)]
     return "\n".join(lines) + "\n"
 
 
 def refresh_all(names: list[str] | None = None, root: str | Path = ".") -> list[str]:
     """Rewrite the root dvc.yaml and each generation's from the code; returns what changed."""
     root = Path(root)
-    changed = []
-    targets = [(root / "dvc.yaml", render_root_dvc_yaml(root))] if not names else []
+    changed, targets, trained = [], [], []
     for recipe in sorted((root / "generations").glob("*/recipe.yaml")):
         name = recipe.parent.name
         if names and name not in names:
             continue
-        targets.append((root / GenerationPaths(name).dvc_yaml,
-                        render_dvc_yaml(load_generation(name, check_deps=False), root)))
+        resolved = load_generation(name, check_deps=False)
+        targets.append((root / GenerationPaths(name).dvc_yaml, render_dvc_yaml(resolved, root)))
+        if resolved.recipe.train.steps:
+            trained.append(name)
+    if not names:  # the root's plot overlays every generation: only a whole refresh rewrites it
+        targets.insert(0, (root / "dvc.yaml", render_root_dvc_yaml(root, trained)))
     for path, text in targets:
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             write_text_atomic(path, text)

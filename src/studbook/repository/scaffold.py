@@ -21,6 +21,7 @@ from studbook.core.errors import StudbookError
 COPIED = ("pyproject.toml", "src/studbook", "params.yaml", "dvc.yaml", ".gitignore", ".dvcignore",
           ".gitattributes", "conf", "tasks", "stages", "launch", "scripts/setup.sh", "scripts/env.sh",
           "scripts/breed.sh", ".github/workflows/studbook-pr.yml")
+PLOTS_TEMPLATE = "src/studbook/templates/dvc_plots.html"  # .dvc/config's plots.html_template
 
 
 def source_root() -> Path:
@@ -68,6 +69,8 @@ def init(path: str | Path, contract: str, model: str, train: str, data: str = "s
     run("git", "init", "-q", "-b", "main")
     run(sys.executable, "-m", "dvc", "init", "-q")
     run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+    # `dvc plots show` writes a page that loads nothing from the network (vega vendored)
+    run(sys.executable, "-m", "dvc", "config", "plots.html_template", f"../{PLOTS_TEMPLATE}")
     import os
 
     from studbook.repository.proposal import propose
@@ -77,6 +80,9 @@ def init(path: str | Path, contract: str, model: str, train: str, data: str = "s
     try:
         propose("founder", "scratch", [], 1234,
                 {"contract": contract, "model": model, "train": train, "data": data})
+        from studbook.repository.proposal import refresh_all
+
+        refresh_all()  # the root dvc.yaml's chart: this repository's generations, not the source's
     finally:
         os.chdir(here)
     run("git", "add", "-A")
