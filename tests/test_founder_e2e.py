@@ -296,6 +296,150 @@ def test_whole_lineage_repro_is_a_noop(child):
     assert "Running stage" not in again.stdout
 
 
+# ---- Hub-ready members: each folder carries its card as README.md; `studbook publish` ----
+
+def published(repo: Path, *args: str, check: bool = True):
+    return run([PY, "-m", "studbook.cli", "publish", *args], repo, check=check)
+
+
+def listed(stdout: str) -> dict[str, tuple[int, str]]:
+    """The dry run's file lines: path -> (bytes, sha256)."""
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and len(parts[2]) == 64 and parts[1].replace(",", "").isdigit():
+            rows[parts[0]] = (int(parts[1].replace(",", "")), parts[2])
+    return rows
+
+
+def files_of(folder: Path) -> dict[str, Path]:
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+MEMBERS = (("pico", "models/pico"), ("pico-lora", "adapters/pico-lora"))
+
+
+def test_member_folders_carry_their_card_as_readme_outside_dvc(child):
+    repo, _ = child
+    for name, folder in MEMBERS:  # written by the record stage under `dvc repro`
+        assert (repo / folder / "README.md").read_bytes() == (repo / f"cards/{name}.md").read_bytes()
+    # .dvcignore keeps it out of the folder's hash: the lock counts the folder without it,
+    # nothing is out of date, a checkout leaves it, git does not see it
+    import yaml
+
+    lock = yaml.safe_load((repo / "generations/pico/dvc.lock").read_text())
+    out = next(o for o in lock["stages"]["breed"]["outs"] if o["path"] == "models/pico")
+    assert out["nfiles"] == len(files_of(repo / "models/pico")) - 1
+    assert "up to date" in run([PY, "-m", "dvc", "status"], repo).stdout
+    run([PY, "-m", "dvc", "checkout", "--force"], repo)
+    assert (repo / "models/pico/README.md").read_bytes() == (repo / "cards/pico.md").read_bytes()
+    assert "README.md" not in run(["git", "status", "--porcelain", "--untracked-files=all"], repo).stdout
+
+
+def test_model_card_load_parses_both_readmes(child):
+    from huggingface_hub import ModelCard
+
+    repo, _ = child
+    model = ModelCard.load(repo / "models/pico/README.md").data
+    adapter = ModelCard.load(repo / "adapters/pico-lora/README.md").data
+    assert (model.library_name, adapter.library_name) == ("transformers", "peft")
+    assert model.pipeline_tag == adapter.pipeline_tag == "text-generation"
+    assert model.license == adapter.license == "unknown"  # neither recipe nor contract names one
+    assert "base_model" not in model.to_dict() and "base_model_relation" not in model.to_dict()  # a founder
+    assert adapter.base_model == ["pico"] and adapter.to_dict()["base_model_relation"] == "adapter"
+    card = json.loads((repo / "cards/pico-lora.json").read_text())
+    scores = {(r.dataset_name, r.metric_type): r.metric_value for r in adapter.eval_results}
+    assert len(scores) == len(card["benchmarks"])
+    for bench in card["benchmarks"]:
+        assert scores[(bench["task"], bench["metric"])] == pytest.approx(bench["value"], abs=1e-4)
+
+
+def test_publish_dry_run_lists_exactly_the_member_and_its_card(child):
+    from studbook.core.atomic import sha256_bytes
+
+    repo, _ = child
+    for name, folder in MEMBERS:
+        out = published(repo, name, f"acme/{name}", "--dry-run").stdout
+        print(out)
+        rows, files = listed(out), files_of(repo / folder)
+        assert set(rows) == set(files)  # every file of the folder, README.md from the card
+        for path, file in files.items():
+            expected = file.read_bytes() if path != "README.md" else \
+                (repo / f"cards/{name}.md").read_bytes()  # no parent has a Hub id yet
+            if name == "pico-lora" and path == "README.md":  # so `pico` is left out of base_model
+                text = expected.decode()
+                assert "base_model:\n- pico\n" in text and "base_model_relation: adapter\n" in text
+                expected = text.replace("base_model:\n- pico\n", "").replace(
+                    "base_model_relation: adapter\n", "").encode()
+            assert rows[path] == (len(expected), sha256_bytes(expected)), path
+        assert f"files: {len(files)}" in out and f"repo_id: acme/{name}" in out
+    assert "base_model: pico has no Hub id" in out
+
+
+def test_the_adapter_loads_with_peft_exactly_as_published(child, tmp_path):
+    import torch
+    from huggingface_hub import ModelCard
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    repo, _ = child
+    staged = tmp_path / "upload"
+    out = published(repo, "pico-lora", "acme/pico-lora", "--to", str(staged),
+                    "--base-model", "pico=acme/pico").stdout
+    rows = listed(out)
+    from studbook.core.atomic import sha256_file
+
+    assert {p: (f.stat().st_size, sha256_file(f)) for p, f in files_of(staged).items()} == rows
+    assert json.loads((staged / "adapter_config.json").read_text())["base_model_name_or_path"] == "acme/pico"
+    card = ModelCard.load(staged / "README.md").data
+    assert card.base_model == ["acme/pico"] and card.to_dict()["base_model_relation"] == "adapter"
+    assert card.library_name == "peft"
+    ids = torch.arange(3, 40).unsqueeze(0)
+
+    def logits(adapter_folder):
+        base = AutoModelForCausalLM.from_pretrained(repo / "models/pico")
+        with torch.no_grad():
+            return PeftModel.from_pretrained(base, str(adapter_folder)).eval()(input_ids=ids).logits
+
+    as_published, as_bred = logits(staged), logits(repo / "adapters/pico-lora")
+    torch.testing.assert_close(as_published, as_bred, rtol=0, atol=0)
+    with torch.no_grad():
+        plain = AutoModelForCausalLM.from_pretrained(repo / "models/pico").eval()(input_ids=ids).logits
+    assert not torch.allclose(as_published, plain)  # the adapter is applied, not ignored
+
+
+def test_publish_calls_the_hub_and_offline_mode_stops_it_before_anything_goes_up(child, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    repo, _ = child
+    assert huggingface_hub.constants.is_offline_mode()  # this test must never reach the network
+    monkeypatch.setenv("HF_TOKEN", "hf_studbook_test_not_a_token")
+    result = published(repo, "pico", "acme/pico", check=False)
+    assert result.returncode == 2 and "offline mode is on" in result.stderr
+    assert not (repo / "generations/pico/hub.yaml").exists()
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # no stored login either
+    result = published(repo, "pico", "acme/pico", check=False)
+    assert result.returncode == 2 and "no Hugging Face token" in result.stderr
+
+
+def test_a_clone_that_only_pulled_publishes_the_same_bytes(child, tmp_path):
+    repo, _ = child
+    remote = tmp_path / "remote"
+    run([PY, "-m", "dvc", "remote", "add", "--local", "publish-test", str(remote)], repo)
+    try:
+        run([PY, "-m", "dvc", "push", "-r", "publish-test"], repo)
+    finally:
+        run([PY, "-m", "dvc", "remote", "remove", "--local", "publish-test"], repo)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run([PY, "-m", "dvc", "remote", "add", "--local", "publish-test", str(remote)], clone)
+    run([PY, "-m", "dvc", "pull", "-r", "publish-test"], clone)
+    assert not (clone / "adapters/pico-lora/README.md").exists()  # DVC neither caches nor restores it
+    args = ("pico-lora", "acme/pico-lora", "--dry-run", "--base-model", "pico=acme/pico")
+    assert listed(published(clone, *args).stdout) == listed(published(repo, *args).stdout)
+
+
 # ---- two pull requests, each proposing a descendant, merged into main ----
 
 @pytest.fixture(scope="module")

@@ -162,7 +162,7 @@ def test_cli_help_is_instant_and_complete():
     registered = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert registered == {"propose", "population", "show", "check", "methods", "merge", "demo",
                           "lineage", "negatives", "init", "refresh", "drift", "candidates", "evolve",
-                          "site"}
+                          "site", "publish"}
     assert [g.name for g in app.registered_groups] == ["card"]
     registered.add("card diff")
     readme = (ROOT / "README.md").read_text()

@@ -379,6 +379,37 @@ def show(name: str = typer.Argument(..., help="member name"),
 
 
 @app.command()
+def publish(
+    name: str = typer.Argument(..., help="member name (its card is cards/NAME.md)"),
+    repo_id: str = typer.Argument(..., help="the Hub model repository, ORG/NAME (created if missing)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would go up (path, bytes, sha256); offline"),
+    to: str = typer.Option("", "--to", help="write what would go up to this new folder instead (offline)"),
+    private: bool = typer.Option(False, "--private", help="create the repository private"),
+    revision: Optional[str] = typer.Option(None, "--revision", help="branch to upload to (created from main)"),
+    base_model: Optional[list[str]] = typer.Option(None, "--base-model", help="PARENT=ORG/NAME: a parent's Hub id "
+                                                   "(default: generations/PARENT/hub.yaml, written when it was "
+                                                   "published)"),
+) -> None:
+    """Upload a member (weights, tokenizer, studbook.json, its card as README.md) to the Hugging
+    Face Hub with huggingface_hub; token from HF_TOKEN or `hf auth login`."""
+    from studbook.core.errors import StudbookError
+    from studbook.core.runtime import offline, summary
+    from studbook.repository import publish as hub
+
+    try:
+        planned = hub.plan(name, repo_id, hub.parse_overrides(base_model or []))
+        if dry_run or to:
+            offline()  # nothing below reaches the network; the guard makes sure of it
+            typer.echo(hub.listing(planned), nl=False)
+            if to:
+                typer.echo(f"staged: {hub.stage(planned, to)}")
+            return
+        summary(hub.publish(planned, private=private, revision=revision))
+    except StudbookError as exc:
+        _fail(exc)
+
+
+@app.command()
 def check(names: list[str] = typer.Argument(None, help="generations (default: all)")) -> None:
     """Validate recipes, contracts, parents, device and data without computing anything:
     every check the stages make before compute."""

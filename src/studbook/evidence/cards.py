@@ -50,8 +50,10 @@ def fmt_si(value: float) -> str:
 
 
 def card_context(meta: dict, results: dict, verdict: dict, contract,
-                 relation: str | None, evidence: dict | None = None) -> dict[str, Any]:
-    """Every fact the card shows, as plain data (the JSON twin)."""
+                 relation: str | None, evidence: dict | None = None,
+                 license: dict | None = None) -> dict[str, Any]:
+    """Every fact the card shows, as plain data (the JSON twin). `license`: the Hub's
+    license keys (`licenses.License.front_matter`); none given, `unknown`."""
     benchmarks = []
     for bench in contract.benchmarks:
         value = results[bench.task]["metrics"][bench.metric]
@@ -75,13 +77,9 @@ def card_context(meta: dict, results: dict, verdict: dict, contract,
         "metrics": [{"type": b["metric"], "value": round(b["value"], metrics.precision(b["metric"])),
                      "name": f"{b['metric']} ({b['niche']})"}],
     } for b in benchmarks]}]
-    front: dict[str, Any] = {"library_name": "transformers", "tags": ["studbook", meta["contract"]]}
-    if meta["parents"]:
-        front["base_model"] = [p["name"] for p in meta["parents"]]
-        if relation:
-            front["base_model_relation"] = relation
-    front["model-index"] = model_index
     evidence = evidence or {}
+    front = hub_front_matter(meta, relation, evidence.get("relation"), license)
+    front["model-index"] = model_index
     # seconds stay out of the front matter: a re-breed then changes one line of the card
     steady_compute = {k: v for k, v in meta["compute"].items() if k not in ("seconds", "host", "target")}
     if "target" in meta["compute"]:
@@ -124,6 +122,32 @@ def card_context(meta: dict, results: dict, verdict: dict, contract,
         "extraction": extraction(meta, verdict["primary"]),
         "front_matter": front,
     }
+
+
+def hub_front_matter(meta: dict, relation: str | None, own_relation: str | None,
+                     license: dict | None) -> dict[str, Any]:
+    """The Hugging Face card keys: `library_name` (`peft` loads an adapter, `transformers` a
+    model), `pipeline_tag`, the license, and `base_model` with the Hub's `base_model_relation`
+    (adapter, merge, finetune; never set without a base model). An adapter's base model is
+    the model it applies to (an adapter merge's parents are adapters, an extracted LoRA's
+    are the full child and its base): its parents stay in `studbook.parents`. Names here are
+    the studbook's members; `studbook publish` maps them to Hub ids. Where the Hub's
+    vocabulary is coarser than studbook's (a distilled student is a `finetune` of its teacher
+    to the Hub), studbook's relation is a tag too, and the `studbook` block keeps it."""
+    adapter = meta["kind"] == "adapter"
+    front: dict[str, Any] = {"library_name": "peft" if adapter else "transformers",
+                             "pipeline_tag": "text-generation",
+                             **(license or {"license": "unknown"})}
+    tags = ["studbook", meta["contract"]]
+    bases = [meta["base"]["name"]] if adapter and meta.get("base") else [p["name"] for p in meta["parents"]]
+    if bases:
+        front["base_model"] = bases
+        if relation:
+            front["base_model_relation"] = relation
+        if own_relation and own_relation != relation:
+            tags.append(own_relation)
+    front["tags"] = tags
+    return front
 
 
 def extraction(meta: dict, primary: dict) -> dict[str, Any] | None:

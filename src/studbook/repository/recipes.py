@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from studbook.core.config import load_yaml, validate
 from studbook.core.errors import StudbookError
+from studbook.repository.licenses import License
 
 GROUPS = ("contract", "model", "train", "data")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -200,6 +201,9 @@ class Contract(Strict):
     gate: GateSpec = GateSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     harvest: HarvestSpec | None = None
+    license: License | None = Field(default=None, description=(
+        "the Hub license of the contract's members (a recipe's own `license` wins); "
+        "unset: `unknown` (studbook.repository.licenses)"))
 
     @field_validator("task_folders")
     @classmethod
@@ -250,10 +254,18 @@ class Recipe(Strict):
     selection: dict[str, Any] | None = Field(default=None, description=(
         "how `--parents auto` chose the parents, and why (written by propose)"))
     compounding: CompoundingSpec | None = None
+    license: License | None = Field(default=None, description=(
+        "the Hub license of this member's card, over its contract's"))
     contract: Contract
     model: ModelSpec
     train: TrainSpec
     data: DataSpec
+
+    @property
+    def effective_license(self) -> License:
+        from studbook.repository.licenses import effective
+
+        return effective(self.license, self.contract.license)
 
 
 class ResolvedRecipe(BaseModel):

@@ -2,7 +2,8 @@
 
 `gate`: a paired bootstrap of the child against its best parent on the per-item scores;
 `harvest`: what child and parents got wrong on the mining split becomes hard examples;
-`card`: the evaluation card and its JSON twin, rendered from the recorded facts. All three
+`card`: the evaluation card and its JSON twin, rendered from the recorded facts (and the
+card again as the member folder's README.md, for the Hub). All three
 only read what `evaluate` wrote, so they form one stage: each output is written
 atomically and the card is written last, so an interrupted run leaves no card that a
 later stage or the population would accept.
@@ -76,6 +77,7 @@ def run(gen: Generation) -> dict:
     from studbook.evidence.harvest import write_hard_examples
     from studbook.evidence.selection import in_scope, read_scope
     from studbook.operators.artifacts import read_meta
+    from studbook.repository.readme import write_member_readme
 
     paths, contract = gen.paths, gen.contract_name
     scoped = in_scope(gen.recipe.contract, read_scope(gen.name))  # a candidate: no harvest
@@ -105,9 +107,11 @@ def run(gen: Generation) -> dict:
             meta["compute"], gen.recipe.compounding.scratch,
             _with_wall_time(read_meta(reference.artifact("model")), reference.compute)["compute"])
     context = card_context(meta=meta, results=evaluation["results"], verdict=verdict,
-                           contract=scoped,
-                           relation=gen.method.base_model_relation, evidence=evidence)
+                           contract=scoped, relation=gen.method.base_model_relation, evidence=evidence,
+                           license=gen.recipe.effective_license.front_matter())
     text = render_card(context)
     write_json_atomic(paths.card_json, context)
+    readme = write_member_readme(gen.artifact, text)  # the card again, for the Hub
     write_text_atomic(paths.card, text)  # card last
-    return {**summary, "card": str(paths.card), "card_sha256": sha256_bytes(text.encode())}
+    return {**summary, "card": str(paths.card), "card_sha256": sha256_bytes(text.encode()),
+            "readme": readme}

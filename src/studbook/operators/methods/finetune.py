@@ -16,6 +16,7 @@ from studbook.operators.methods import register
 def breed_finetune(ctx) -> dict:
     parent = ctx.parents[0]
     for item in sorted(parent.path.iterdir()):
-        if item.is_file() and item.name != "studbook.json":  # the child writes its own
+        # the child writes its own studbook.json; README.md is the parent's card (record)
+        if item.is_file() and item.name not in ("studbook.json", "README.md"):
             shutil.copy2(item, ctx.out_dir / item.name)
     return {"from": parent.name, "parent_sha256": parent.sha256}
