@@ -201,3 +201,16 @@ def test_dvcignore_keeps_the_member_readme_out_of_dvc(tmp_path, monkeypatch):
     readme.unlink()
     assert write_member_readme("models/toy", text).startswith("not written")
     assert not readme.exists()
+
+
+def test_every_method_speaks_the_hubs_relation_vocabulary():
+    """`base_model_relation` takes the Hub's values only (a founder has none); studbook's own
+    relation (distillation, import, …) stays in the card's `studbook` block."""
+    from studbook.operators import methods
+
+    for name in methods.known():
+        method = methods.get(name)
+        assert method.base_model_relation in (None, "adapter", "merge", "quantized", "finetune"), name
+        assert (method.base_model_relation is None) == (method.max_parents == 0), name
+    assert methods.get("distill").base_model_relation == "finetune"
+    assert methods.get("distill").relation == "distillation"
