@@ -79,6 +79,7 @@ def test_the_site_loads_nothing_and_keeps_card_text_as_text(repo, tmp_path):
         assert not re.search(r"<(link|iframe|object|embed|img|audio|video|source)\b", page), rel
         assert not re.search(r"<[^>]*\bsrc=|(href|src)=[\"']?(https?:)?//", page), rel
         assert page.count("<script") == 1, rel  # the inlined sorter, nothing a card brought
+        assert " style=" not in page, rel  # the policy allows no style attribute (a table's alignment is a class)
     founder = (tmp_path / "site/cards/founder.html").read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in founder and 'href="javascript:' not in founder
 

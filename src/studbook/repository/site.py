@@ -236,4 +236,10 @@ def _card_html(text: str) -> str:
         end = text.find("\n---\n", 4)
         text = text[end + 5:] if end != -1 else text
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
-    return Markup(md.render(text))
+    tokens = md.parse(text)
+    for token in tokens:  # a column's alignment as a class: the policy allows no style attribute
+        align = (token.attrGet("style") or "").removeprefix("text-align:")
+        if token.type in ("th_open", "td_open") and align in ("left", "right", "center"):
+            token.attrs.pop("style")
+            token.attrSet("class", f"align-{align}")
+    return Markup(md.renderer.render(tokens, md.options, {}))

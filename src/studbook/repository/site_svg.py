@@ -66,27 +66,51 @@ def _label(value: float) -> str:
 # --- the lineage ---------------------------------------------------------------------
 
 NODE_H, GAP_X, GAP_Y, MARGIN = 58, 28, 46, 16
+LANE = 12  # the width of a waypoint: where an edge that skips a layer crosses it
 
 
-def _layers(names: list[str], parents: dict[str, list[str]]) -> list[list[str]]:
-    """Layer = longest path from a root (names come parents first); within a layer, two
-    sweeps order nodes by the mean position of their parents (ties: the given order)."""
+def _layers(names: list[str], parents: dict[str, list[str]]) -> tuple[list[list[str]], dict[str, list[str]]]:
+    """Layers (longest path from a root; `names` come parents first) with a waypoint in
+    every layer an edge skips, so no edge runs under a box it does not join (Sugiyama's
+    dummy nodes); within a layer, sweeps down and up order nodes by the mean position of
+    their parents, then children (ties: the order before). Returns the layers and each edge's waypoints."""
     depth: dict[str, int] = {}
     for name in names:
         depth[name] = 1 + max((depth[p] for p in parents.get(name, []) if p in depth), default=-1)
     layers: list[list[str]] = [[] for _ in range(1 + max(depth.values(), default=-1))]
     for name in names:
         layers[depth[name]].append(name)
-    for _ in range(2):
-        for upper, layer in zip(layers, layers[1:]):
-            where = {n: i for i, n in enumerate(upper)}
-            given = {n: i for i, n in enumerate(layer)}
+    above: dict[str, list[str]] = {}  # a node's (or waypoint's) parents one layer up
+    ways: dict[str, list[str]] = {}
+    for child in names:
+        for parent in parents.get(child, []):
+            chain = [f"\0{parent}\0{child}\0{d}" for d in range(depth[parent] + 1, depth[child])]
+            ways[f"{parent}\0{child}"] = chain
+            for d, point in zip(range(depth[parent] + 1, depth[child]), chain):
+                layers[d].append(point)
+            for upper, lower in zip([parent] + chain, chain + [child]):
+                above.setdefault(lower, []).append(upper)
+    below: dict[str, list[str]] = {}
+    for lower, ups in above.items():
+        for upper in ups:
+            below.setdefault(upper, []).append(lower)
 
-            def centre(name: str) -> tuple[float, int]:
-                above = [where[p] for p in parents.get(name, []) if p in where]
-                return (sum(above) / len(above) if above else given[name], given[name])
-            layer.sort(key=centre)
-    return layers
+    def sweep(fixed: list[str], layer: list[str], links: dict[str, list[str]]) -> None:
+        where = {n: i for i, n in enumerate(fixed)}
+        given = {n: i for i, n in enumerate(layer)}
+
+        def centre(name: str) -> tuple[float, int]:
+            linked = [where[p] for p in links.get(name, []) if p in where]
+            return (sum(linked) / len(linked) if linked else given[name], given[name])
+        layer.sort(key=centre)
+    for _ in range(2):  # down by parents, up by children, and down again
+        for upper, layer in zip(layers, layers[1:]):
+            sweep(upper, layer, above)
+        for lower, layer in zip(layers[::-1], layers[-2::-1]):
+            sweep(lower, layer, below)
+    for upper, layer in zip(layers, layers[1:]):
+        sweep(upper, layer, above)
+    return layers, ways
 
 
 def lineage(nodes: list[dict], edges: list[dict]) -> str:
@@ -99,32 +123,43 @@ def lineage(nodes: list[dict], edges: list[dict]) -> str:
     parents: dict[str, list[str]] = {}
     for edge in edges:
         parents.setdefault(edge["child"], []).append(edge["parent"])
-    layers = _layers([n["name"] for n in nodes], parents)
+    layers, ways = _layers([n["name"] for n in nodes], parents)
     longest = max(len(line) for n in nodes for line in n["lines"])
     width = max(150, 7 * longest + 24)  # ~7 px per character at 12 px
-    widest = max(len(layer) for layer in layers)
-    total_w = 2 * MARGIN + widest * width + (widest - 1) * GAP_X
+
+    def size(name: str) -> float:
+        return LANE if name.startswith("\0") else width
+
+    spans = [sum(size(n) for n in layer) + (len(layer) - 1) * GAP_X for layer in layers]
+    total_w = 2 * MARGIN + max(spans)
     total_h = 2 * MARGIN + len(layers) * NODE_H + (len(layers) - 1) * GAP_Y
-    place: dict[str, tuple[float, float]] = {}
-    for row, layer in enumerate(layers):
-        offset = (total_w - (len(layer) * width + (len(layer) - 1) * GAP_X)) / 2
-        for column, name in enumerate(layer):
-            place[name] = (offset + column * (width + GAP_X), MARGIN + row * (NODE_H + GAP_Y))
+    centre: dict[str, tuple[float, float]] = {}  # name -> (x of its centre, y of its top)
+    for row, (layer, span) in enumerate(zip(layers, spans)):
+        x = (total_w - span) / 2
+        for name in layer:
+            centre[name] = (x + size(name) / 2, MARGIN + row * (NODE_H + GAP_Y))
+            x += size(name) + GAP_X
     out = [f'<svg class="lineage" xmlns="http://www.w3.org/2000/svg" width="{_n(total_w)}" '
            f'height="{_n(total_h)}" viewBox="0 0 {_n(total_w)} {_n(total_h)}" role="img" '
            'aria-label="lineage graph">',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
            'markerHeight="7" orient="auto-start-reverse"><path d="M0 0L10 5L0 10z" fill="#667"/></marker></defs>']
+    bend = GAP_Y / 2 + 8
     for edge in edges:
-        (px, py), (cx, cy) = place[edge["parent"]], place[edge["child"]]
-        x1, y1, x2, y2 = px + width / 2, py + NODE_H, cx + width / 2, cy
-        bend = GAP_Y / 2 + 8
+        px, py = centre[edge["parent"]]
+        d = f"M{_n(px)} {_n(py + NODE_H)}"
+        for point in ways[f'{edge["parent"]}\0{edge["child"]}']:  # through the gap it was given
+            x, y = centre[point]
+            d += f"C{_n(px)} {_n(py + NODE_H + bend)} {_n(x)} {_n(y - bend)} {_n(x)} {_n(y)}L{_n(x)} {_n(y + NODE_H)}"
+            px, py = x, y
+        x, y = centre[edge["child"]]
+        d += f"C{_n(px)} {_n(py + NODE_H + bend)} {_n(x)} {_n(y - bend)} {_n(x)} {_n(y - 1)}"
         kind = " missing" if edge.get("missing") else ""
         out.append(f'<path class="edge{kind}" data-parent="{_esc(edge["parent"])}" data-child="{_esc(edge["child"])}" '
-                   f'd="M{_n(x1)} {_n(y1)}C{_n(x1)} {_n(y1 + bend)} {_n(x2)} {_n(y2 - bend)} {_n(x2)} {_n(y2 - 1)}" '
-                   'marker-end="url(#arrow)"/>')
+                   f'd="{d}" marker-end="url(#arrow)"/>')
     for node in nodes:
-        x, y = place[node["name"]]
+        x, y = centre[node["name"]]
+        x -= width / 2
         kind = "missing" if node.get("missing") else ("promoted" if node["verdict"] == "promoted" else "rejected")
         body = [f'<title>{_esc(node["title"])}</title>',
                 f'<rect x="{_n(x)}" y="{_n(y)}" width="{_n(width)}" height="{NODE_H}" rx="6"/>']
