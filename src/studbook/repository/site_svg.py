@@ -41,8 +41,9 @@ def styles(names: list[str]) -> dict[str, dict]:
             for i, name in enumerate(names)}
 
 
-def ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values covering [low, high] (1, 2 or 5 times a power of ten apart)."""
+def ticks(low: float, high: float, count: int = 5, whole: bool = False) -> list[float]:
+    """Round tick values covering [low, high] (1, 2 or 5 times a power of ten apart; at
+    least 1 apart if `whole`, for counts such as optimizer steps)."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return [0.0]
     if high <= low:
@@ -50,6 +51,7 @@ def ticks(low: float, high: float, count: int = 5) -> list[float]:
     raw = (high - low) / max(1, count)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    step = max(step, 1) if whole else step
     first = math.floor(low / step) * step
     values, value = [], first
     while value < high + step * 0.999:
@@ -186,7 +188,7 @@ def curves(series: list[dict], look: dict[str, dict], x_label: str, y_label: str
     `path.curve` each, coloured by `look` (see `styles`)."""
     xs = [x for s in series for x, _ in s["points"]]
     ys = [y for s in series for _, y in s["points"]]
-    x_ticks = ticks(min(xs, default=0.0), max(xs, default=1.0))
+    x_ticks = ticks(min(xs, default=0.0), max(xs, default=1.0), whole=all(x == int(x) for x in xs))
     y_ticks = ticks(min(ys, default=0.0), max(ys, default=1.0))
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
     plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
