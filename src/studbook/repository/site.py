@@ -61,7 +61,7 @@ def _check_out(out: Path, replace: bool) -> None:
     head = index.read_text(encoding="utf-8", errors="replace")[:4096] if index.is_file() else ""
     if GENERATOR not in head:
         kind = "folder" if target.is_dir() else "file"
-        raise StudbookError(f"{out} exists (a {kind}) and is not a studbook site; pass --replace to "
+        raise StudbookError(f"this {kind} exists and is not a studbook site; pass --replace to "
                             "replace it atomically", file=str(out))
 
 
