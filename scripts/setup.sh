@@ -26,7 +26,10 @@ stamp=$VENV/.studbook-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing torch 2.13.0 (CPU) and the studbook stack (~2 min)" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    # STUDBOOK_TORCH_INDEX=https://download.pytorch.org/whl/cpu (the workflows set it) takes
+    # torch from PyTorch's CPU index, where PyPI would give a hosted runner the CUDA build;
+    # unset, pip's own configuration decides (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, find-links).
+    "$VENV/bin/python" -m pip install -q ${STUDBOOK_TORCH_INDEX:+--index-url "$STUDBOOK_TORCH_INDEX"} "torch==2.13.0"
     "$VENV/bin/python" -m pip install -q -e ".[dev]"
     touch "$stamp"
 fi

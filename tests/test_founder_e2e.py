@@ -495,8 +495,11 @@ def test_card_diff_reports_deltas_and_fails_on_a_guarded_regression(merged):
     card = json.loads((repo / "cards/pico-lora.json").read_text())
     bench = card["benchmarks"][0]
     assert "## added: `pico-lora`" in diff.stdout and "pico-lora2" not in diff.stdout.split("## Lineage")[0]
+    delta = bench["parents"][0]["delta"]
+    mark = "➖ unchanged" if round(delta, 4) == 0 else \
+        "✅ better" if (delta > 0) == (bench["direction"] == "higher") else "❌ worse"
     assert (f"| {bench['task']} | {bench['metric']} | {bench['value']:.4f} | "
-            f"{bench['parents'][0]['delta']:+.4f} |") in diff.stdout
+            f"{delta if round(delta, 4) else 0.0:+.4f} {mark} |") in diff.stdout
     assert "n_pico --> n_pico_lora" in diff.stdout and diff.returncode == 0
     # inject a regression: a re-bred pico whose guarded accuracy drops beyond its tolerance
     run(["git", "checkout", "-q", "-b", "regress"], repo)
@@ -512,7 +515,7 @@ def test_card_diff_reports_deltas_and_fails_on_a_guarded_regression(merged):
         assert bad.returncode == 1
         lines = bad.stdout.splitlines()
         assert lines[2] == "**⚠ 1 guarded regression(s) beyond tolerance**"
-        assert "| pico | stdlib_nextline_general | acc | -0.6000 | 0.5000 | its previous card |" in bad.stdout
+        assert "| pico | stdlib_nextline_general | acc | -0.6000 ❌ worse | 0.5000 | its previous card |" in bad.stdout
         assert "## changed: `pico` — promoted → promoted" in bad.stdout
     finally:
         run(["git", "checkout", "-q", "main"], repo)

@@ -26,7 +26,8 @@ def test_init_then_readme_command_breeds_a_founder(tmp_path, monkeypatch):
         "studbook initialised: configs, stages, founder proposed"
     assert run(["git", "status", "--porcelain"], target).stdout == ""
     for path in ("conf/contract/stdlib_pico.yaml", "tasks/stdlib_bpb_general.yaml", "stages/breed.py",
-                 "src/studbook/stages/breed.py", ".github/workflows/studbook-pr.yml", ".gitattributes",
+                 "src/studbook/stages/breed.py", ".github/workflows/studbook-pr.yml",
+                 ".github/workflows/studbook-pr-comment.yml", ".gitattributes",
                  "generations/founder/recipe.yaml", "generations/founder/dvc.yaml"):
         assert (target / path).is_file(), path
     assert "core" in (target / ".dvc/config").read_text() and "analytics = false" in (target / ".dvc/config").read_text()

@@ -194,8 +194,10 @@ def test_pull_request_workflow_and_generated_files():
     steps = workflow["jobs"]["breed-and-review"]["steps"]
     commands = "\n".join(step.get("run", "") for step in steps)
     assert "bash scripts/setup.sh" in commands and "dvc repro" in commands
-    assert 'studbook card diff "origin/${{ github.base_ref }}" HEAD' in commands
-    sticky = next(s for s in steps if "sticky-pull-request-comment" in s.get("uses", ""))
+    assert 'studbook card diff "$BASE" HEAD' in commands
+    comment = yaml.safe_load((ROOT / ".github/workflows/studbook-pr-comment.yml").read_text())
+    sticky = next(s for s in comment["jobs"]["comment"]["steps"]
+                  if "sticky-pull-request-comment" in s.get("uses", ""))
     assert sticky["with"]["header"] == "studbook-card-diff"  # one comment, updated per push
     attributes = (ROOT / ".gitattributes").read_text()
     assert "generations/*/dvc.lock linguist-generated=true" in attributes

@@ -1,7 +1,7 @@
 """`studbook init`: a new studbook repository from the files this project itself uses.
 
 The configs, lm-eval tasks, stage scripts, shared `dvc.yaml` and `params.yaml`, the set-up
-scripts, ignore and attribute files, the pull-request workflow and the library itself
+scripts, ignore and attribute files, the GitHub workflows and the library itself
 (`pyproject.toml`, `src/studbook/`) are copied from the studbook source tree. The library
 is vendored on purpose: every stage lists the library module that holds its logic as a
 DVC dependency, so the code that bred a generation is versioned beside it, and upgrading
@@ -20,7 +20,7 @@ from studbook.core.errors import StudbookError
 
 COPIED = ("pyproject.toml", "src/studbook", "params.yaml", "dvc.yaml", ".gitignore", ".dvcignore",
           ".gitattributes", "conf", "tasks", "stages", "launch", "scripts/setup.sh", "scripts/env.sh",
-          "scripts/breed.sh", ".github/workflows/studbook-pr.yml")
+          "scripts/breed.sh", ".github/workflows")  # breed and review, and the fork-safe comment
 PLOTS_TEMPLATE = "src/studbook/templates/dvc_plots.html"  # .dvc/config's plots.html_template
 
 
