@@ -19,6 +19,10 @@ import pytest
 from conftest import ROOT, copy_skeleton, git_dvc_init, run
 from pico import team_model
 
+# a whole team walk-through, import to card (~55 s): in the slow half, so the default run keeps
+# under 10 minutes
+pytestmark = pytest.mark.slow
+
 BLOCK = re.compile(r"<!-- (file|under|run):? ?([^>]*?) -->\n```[a-z]*\n(.*?)```", re.S)
 
 

@@ -65,6 +65,7 @@ def test_bits_per_byte_of_the_check_equals_lm_eval(studbook):
     assert 1.0 < mine < 9.0
 
 
+@pytest.mark.slow  # four pico generations bred and evaluated (~110 s): the default run keeps under 10 min
 def test_a_child_reaches_the_target_with_a_fraction_of_scratch_compute(studbook):
     budget("parent_budget", 40)
     breed("pico")  # 4 steps: a weak founder
