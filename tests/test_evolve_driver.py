@@ -231,3 +231,39 @@ def test_a_candidate_queued_again_replaces_its_queued_twin_and_any_experiment_of
     second = queue.queue_candidate("s-000", again=True)
     assert second != first and queue.queued_named("s-000") == [second]
     assert queue.queued_named("s-001") == [other]  # another candidate's task is untouched
+
+
+def test_a_task_taken_by_a_worker_killed_before_its_executor_started_is_stale(tmp_path):
+    """Found by the kill -9 test: a worker had taken `t1-001`'s message (DVC wrote its
+    executor's .run file) when the search was killed; the task never got a run file, so the
+    resumed search saw it queued forever while idle workers came and went. A task is queued
+    while its message waits in the inbox or a worker lives; else no one will run it."""
+    import os
+    import shutil
+
+    from studbook.evolve.queue import QUEUED, STALE, Queue, dvc
+
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "config", "user.email", "t@t")
+    _git(tmp_path, "config", "user.name", "t")
+    subprocess.run(dvc("init", "-q"), cwd=tmp_path, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "baseline")
+    queue = Queue(tmp_path, tmp_path, _git(tmp_path, "rev-parse", "HEAD"))
+    gen = tmp_path / "generations" / "s-000"
+    gen.mkdir(parents=True)
+    (gen / "dvc.yaml").write_text("stages:\n  echo:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n")
+    task = queue.queue_candidate("s-000")
+
+    assert queue.workers_alive() == 0 and queue.waiting() == {task}  # DVC's own message, read
+    assert queue.state(task, "s-000").state == QUEUED
+    inbox = tmp_path / ".dvc/tmp/exps/celery/broker/in"
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    for message in inbox.glob("*.msg"):  # what a worker's consume does: the message leaves the inbox
+        shutil.move(message, taken / message.name)
+    assert queue.waiting() == set() and queue.state(task, "s-000").state == STALE
+    pidfile = tmp_path / ".dvc/tmp/exps/celery/dvc-exp-worker-1.pid"
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(str(os.getpid()))  # a live worker may still be starting its executor
+    assert queue.state(task, "s-000").state == QUEUED

@@ -64,14 +64,46 @@ def stray_stages(repo: Path) -> list[str]:
     return found
 
 
+def search_processes(repo: Path, roots: list[int]) -> set[int]:
+    """Every process of the search: the descendants of `roots` and whatever runs inside the
+    repository. DVC's worker starts each experiment's executor in a process group of its own
+    (dvc_task's `_DaemonProcess` calls setpgid), so killing the worker's group leaves the
+    executor and its stage running: the whole tree has to be named."""
+    children: dict[int, list[int]] = {}
+    inside: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid = int(stat.parent.name)
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if str(repo) in os.readlink(stat.parent / "cwd"):
+                inside.add(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [*roots, *inside]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found - {os.getpid()}
+
+
 def kill_minus_nine(repo: Path, driver: subprocess.Popen) -> None:
-    """SIGKILL to the driver's process group and to every DVC worker's group."""
-    os.killpg(driver.pid, signal.SIGKILL)
+    """SIGKILL to the whole search, as a crash would: the driver, every DVC worker, every
+    executor and every stage (named before any dies, so none is re-parented out of sight)."""
+    workers = []
     for pidfile in (repo / ".dvc/tmp/evolve/t1/work/.dvc/tmp/exps/celery").glob("dvc-exp-worker-*.pid"):
         try:
-            os.killpg(os.getpgid(int(pidfile.read_text().split()[0])), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
+            workers.append(int(pidfile.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
             pass
+    for _ in range(3):  # a process forked while the others were being killed is caught next round
+        for pid in search_processes(repo, [driver.pid, *workers]):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     driver.wait()
 
 

@@ -18,8 +18,10 @@ internals is in this module; dvc is pinned to 3.67.x and the slow tests exercise
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -193,18 +195,34 @@ class Queue:
 
     def ensure_workers(self, workers: int, env: dict) -> None:
         """`dvc queue start -j N` unless N workers are alive (it is idempotent, V13)."""
+        if self.workers_alive() < workers:
+            # the workers are daemons that keep inherited pipes open: no capture, or this waits
+            # for them to exit
+            with open(self.work.parent / "workers.log", "ab") as log:
+                subprocess.run(dvc("queue", "start", "-j", str(workers)), cwd=self.work, env=env,
+                               stdout=log, stderr=log, stdin=subprocess.DEVNULL, check=True)
+
+    def workers_alive(self) -> int:
         alive = 0
         for pidfile in (self.work / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.pid"):
             try:
                 alive += _alive(int(pidfile.read_text().split()[0]))
             except (OSError, ValueError, IndexError):
                 pass
-        if alive < workers:
-            # the workers are daemons that keep inherited pipes open: no capture, or this waits
-            # for them to exit
-            with open(self.work.parent / "workers.log", "ab") as log:
-                subprocess.run(dvc("queue", "start", "-j", str(workers)), cwd=self.work, env=env,
-                               stdout=log, stderr=log, stdin=subprocess.DEVNULL, check=True)
+        return alive
+
+    def waiting(self) -> set[str]:
+        """The tasks whose message still waits in the queue's inbox, not yet taken by a
+        worker (kombu's filesystem transport: one JSON file a message, its body in base64,
+        naming the task's stash revision)."""
+        found = set()
+        for message in (self.work / ".dvc/tmp/exps/celery/broker/in").glob("*.msg"):
+            try:
+                body = base64.b64decode(json.loads(message.read_text())["body"]).decode()
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # being written or moved: a worker is taking it, or it is being queued
+            found.update(re.findall(r'"stash_rev": "([0-9a-f]{40})"', body))
+        return found
 
     def stop_workers(self) -> None:
         _run(dvc("queue", "stop"), self.work, check=False)
@@ -221,7 +239,11 @@ class Queue:
     def state(self, task: str, name: str) -> TaskState:
         file = self._run_file(task)
         if not file.is_file():
-            return TaskState(QUEUED)
+            # a worker takes a task's message before it starts the executor: one killed in
+            # between (kill -9 of the search) leaves a task no worker will ever run
+            if self.workers_alive() or task in self.waiting():
+                return TaskState(QUEUED)
+            return TaskState(STALE)
         try:
             info = json.loads(file.read_text())
         except (OSError, ValueError):  # being written
