@@ -1,9 +1,13 @@
 """The numeric pin: set in every stage process before torch starts, recorded, and golden.
 
-The golden figure below is the sha256 of a pico Llama's weights after a few training
-steps in a pinned process. It was measured on an Intel Xeon with AVX-512 and AMX; the
-pin makes it the same on any x86 host with AVX2 (AMD or Intel), so this test failing on
-a new host kind is a reproducibility regression, not noise.
+The golden figures below are the sha256 of a pico Llama's weights after a few training
+steps in a pinned process, one per CPU vendor: measured on an Intel Xeon (AVX-512, AMX)
+and on an AMD EPYC (AVX-512). They differ: with the same pin (ATen at AVX2, MKL's
+COMPATIBLE branch, which `mkl_serv_cbwr_get` confirms MKL honours on AMD too, oneDNN at
+AVX2, 2 threads) the two vendors give other floats, so the pin reproduces weights across
+hosts of one vendor, not across vendors. A host of a known vendor that breaks its figure
+is a reproducibility regression, not noise; a vendor with no figure yet fails saying
+what it measured, so the figure can be added once it is known.
 """
 
 from __future__ import annotations
@@ -56,7 +60,17 @@ def pinned_run(**env: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-GOLDEN = "7c22b6cf4495e5b636cfd610318840b16e7185a252d5631a58ea7b5b92c03fc4"
+GOLDEN = {
+    "GenuineIntel": "7c22b6cf4495e5b636cfd610318840b16e7185a252d5631a58ea7b5b92c03fc4",
+    "AuthenticAMD": "27dafec75fde49cbbe3f7424b0976dc8d3659a529379204bc37498248fd34c6b",
+}
+
+
+def vendor() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def test_a_pinned_process_uses_avx2_kernels_mkl_compatible_and_two_threads():
@@ -67,8 +81,10 @@ def test_a_pinned_process_uses_avx2_kernels_mkl_compatible_and_two_threads():
     assert env["onednn_max_isa"] == "AVX2" and env["threads"] == 2 and env["device"] == "cpu"
 
 
-def test_pinned_training_gives_the_golden_weights_on_any_host():
-    assert pinned_run()["sha256"] == GOLDEN
+def test_pinned_training_gives_the_golden_weights_of_its_cpu_vendor():
+    measured = pinned_run()["sha256"]
+    assert vendor() in GOLDEN, f"no golden figure for {vendor()} yet: this host measured {measured}"
+    assert measured == GOLDEN[vendor()]
 
 
 def test_fast_mode_is_recorded_as_not_reproducible():
