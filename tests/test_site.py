@@ -103,3 +103,18 @@ def test_the_site_never_replaces_what_is_not_a_site(repo, tmp_path):
     lines = done.output.strip().splitlines()
     assert lines[0] == f"site: {other.as_posix()}" and re.fullmatch(r"index: .+/index\.html", lines[-1])
     assert "Usage:" in CliRunner().invoke(app, ["site", "--help"]).output
+
+
+def test_a_score_axis_where_every_member_has_the_same_score_stays_in_range():
+    """Found in the Chromium screenshot: five pico members all at accuracy 0 drew an axis
+    from -0.6 to 0.6. A score no member is below 0 gets an axis from 0."""
+    import re
+
+    from studbook.repository.site_svg import scores, styles
+
+    members = ["founder", "tests-lora"]
+    for value, top in ((0.0, 1.0), (0.25, 0.4)):
+        svg = scores([{"niche": "general", "scores": [(m, value, m) for m in members]}], styles(members), "acc")
+        labels = [float(t) for t in re.findall(r'<text class="tick"[^>]*>([-0-9.]+)</text>', svg)]
+        assert labels[0] == 0.0 and min(labels) >= 0 and max(labels) >= top * 0.999
+        assert svg.count('class="score"') == 2

@@ -240,7 +240,10 @@ def scores(groups: list[dict], look: dict[str, dict], metric: str) -> str:
     [(member, value, title), …]}]. Dots, not bars: bits per byte differ in the second
     decimal, and a bar that does not start at zero would mislead."""
     values = [v for g in groups for _, v, _ in g["scores"]]
-    x_ticks = ticks(min(values, default=0.0), max(values, default=1.0))
+    low, high = min(values, default=0.0), max(values, default=1.0)
+    if high <= low and low >= 0:  # one value for all (every accuracy 0): no negative axis
+        low, high = 0.0, high * 1.25 or 1.0
+    x_ticks = ticks(low, high)
     x0, x1 = x_ticks[0], x_ticks[-1]
     names = [m for g in groups for m, _, _ in g["scores"]] + [g["niche"] for g in groups]
     left = max(110, 7 * max((len(n) for n in names), default=8) + 24)
