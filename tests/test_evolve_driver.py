@@ -195,22 +195,28 @@ def test_a_tasks_start_is_its_processs_own_start_however_late_the_driver_looks()
     assert process_start(child.pid) is None
 
 
-def test_a_candidate_queued_again_replaces_its_queued_twin_and_any_experiment_of_its_name(tmp_path):
-    """Found by CI: the driver was killed after DVC had queued `t1-003` but before the ledger
-    said so; the resumed search queued it again, both ran, and the second could not be queued
-    again over the first's experiment. Queued again, a name has one task and may replace a ref."""
+def _dvc_queue(root):
+    """A git + DVC repository at `root` with one commit, and the search queue on it (the
+    repository is its own worktree)."""
     import os
 
     from studbook.evolve.queue import Queue, dvc
 
-    _git(tmp_path, "init", "-q")
-    _git(tmp_path, "config", "user.email", "t@t")
-    _git(tmp_path, "config", "user.name", "t")
-    subprocess.run(dvc("init", "-q"), cwd=tmp_path, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    _git(tmp_path, "add", "-A")
-    _git(tmp_path, "commit", "-qm", "baseline")
-    baseline = _git(tmp_path, "rev-parse", "HEAD")
-    queue = Queue(tmp_path, tmp_path, baseline)
+    _git(root, "init", "-q")
+    _git(root, "config", "user.email", "t@t")
+    _git(root, "config", "user.name", "t")
+    subprocess.run(dvc("init", "-q"), cwd=root, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "baseline")
+    return Queue(root, root, _git(root, "rev-parse", "HEAD"))
+
+
+def test_a_candidate_queued_again_replaces_its_queued_twin_and_any_experiment_of_its_name(tmp_path):
+    """Found by CI: the driver was killed after DVC had queued `t1-003` but before the ledger
+    said so; the resumed search queued it again, both ran, and the second could not be queued
+    again over the first's experiment. Queued again, a name has one task and may replace a ref."""
+    queue = _dvc_queue(tmp_path)
+    baseline = queue.baseline
 
     def write():  # what write_candidate does: the folder, untracked, in the worktree
         gen = tmp_path / "generations" / "s-000"
@@ -241,15 +247,9 @@ def test_a_task_taken_by_a_worker_killed_before_its_executor_started_is_stale(tm
     import os
     import shutil
 
-    from studbook.evolve.queue import QUEUED, STALE, Queue, dvc
+    from studbook.evolve.queue import QUEUED, STALE
 
-    _git(tmp_path, "init", "-q")
-    _git(tmp_path, "config", "user.email", "t@t")
-    _git(tmp_path, "config", "user.name", "t")
-    subprocess.run(dvc("init", "-q"), cwd=tmp_path, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    _git(tmp_path, "add", "-A")
-    _git(tmp_path, "commit", "-qm", "baseline")
-    queue = Queue(tmp_path, tmp_path, _git(tmp_path, "rev-parse", "HEAD"))
+    queue = _dvc_queue(tmp_path)
     gen = tmp_path / "generations" / "s-000"
     gen.mkdir(parents=True)
     (gen / "dvc.yaml").write_text("stages:\n  echo:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n")
