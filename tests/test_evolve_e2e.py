@@ -66,9 +66,10 @@ def stray_stages(repo: Path) -> list[str]:
 
 def search_processes(repo: Path, roots: list[int]) -> set[int]:
     """Every process of the search: the descendants of `roots` and whatever runs inside the
-    repository. DVC's worker starts each experiment's executor in a process group of its own
-    (dvc_task's `_DaemonProcess` calls setpgid), so killing the worker's group leaves the
-    executor and its stage running: the whole tree has to be named."""
+    repository. (Each DVC worker is a process group of its own, dvc_task's `_DaemonProcess`
+    calls setpgid, and its executor and stages stay in it; naming every process instead of
+    a few groups also catches a worker whose pid file was not written yet and anything the
+    driver started in its own worktrees.)"""
     children: dict[int, list[int]] = {}
     inside: set[int] = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
