@@ -90,7 +90,8 @@ def test_the_card_records_the_numeric_environment_and_says_when_it_is_not_reprod
     pinned = render_card(copy.deepcopy(CONTEXT))
     assert ("- numerics: pinned — ATen kernels `avx2`, MKL_CBWR `COMPATIBLE,STRICT`, oneDNN `AVX2`, "
             "2 threads, cpu, torch 2.13.0, mkl 2024.2") in pinned
-    assert "the same weights on any cpu host with these library versions (x86 with AVX2, 2 threads)" in pinned
+    assert ("the same weights on any cpu host with these library versions (x86 with AVX2, 2 threads, "
+            "a CPU of the same vendor: Intel and AMD give other floats)") in pinned
     fast = copy.deepcopy(CONTEXT)
     fast["numerics"].update(mode="fast", reproducible=False, cpu_capability="avx512", mkl_cbwr="AUTO")
     text = render_card(fast)
@@ -170,3 +171,23 @@ def test_every_interpolated_value_is_inert_markdown(hostile):
     front = text.split("---")[1]
     assert yaml.safe_load(front)["model-index"][0]["name"] == "founder"  # front matter still YAML
     assert render_card(copy.deepcopy(context)) == text
+
+
+def test_the_wall_time_of_other_weights_never_reaches_a_card(tmp_path):
+    """Found re-breeding the population on an AMD host: DVC's run cache restored founder's
+    breed from an earlier run here, so generations/founder/compute.json still held the
+    Intel breeding's 454 s for other weights, and the card said so. A compute record is
+    used only for the weights it timed."""
+    import json
+
+    from studbook.stages.record import _with_wall_time
+
+    meta = {"weights_sha256": "aa", "compute": {"steps": 4, "tokens": 64}}
+    wall = tmp_path / "compute.json"
+    wall.write_text(json.dumps({"weights_sha256": "aa", "seconds": 12.5, "host": "AMD EPYC"}))
+    assert _with_wall_time(meta, wall)["compute"] == {"steps": 4, "tokens": 64, "seconds": 12.5,
+                                                       "host": "AMD EPYC"}
+    wall.write_text(json.dumps({"weights_sha256": "bb", "seconds": 454.1, "host": "Intel(R) Xeon(R)"}))
+    assert _with_wall_time(meta, wall)["compute"] == {"steps": 4, "tokens": 64}
+    wall.write_text("{}")  # a search's placeholder
+    assert _with_wall_time(meta, wall)["compute"] == {"steps": 4, "tokens": 64}

@@ -45,6 +45,8 @@ def _with_wall_time(meta: dict, wall: Path) -> dict:
     """The artifact's metadata plus the breeding's wall time and host (not a DVC input: a
     volatile figure must not make anything re-run)."""
     compute = json.loads(wall.read_text()) if wall.is_file() else {}
+    if compute.get("weights_sha256", meta["weights_sha256"]) != meta["weights_sha256"]:
+        compute = {}  # it timed other weights: breed restored these from DVC's run cache
     if "seconds" in compute:  # `{}`: a search's placeholder, breed restored from DVC's run cache
         meta = {**meta, "compute": {**meta["compute"], "seconds": compute["seconds"],
                                     "host": compute.get("host")}}
