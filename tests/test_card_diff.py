@@ -56,8 +56,10 @@ def diff(tmp_path_factory) -> tuple[str, int, dict, dict]:
 def test_a_changed_member_marks_each_delta_by_its_metrics_direction(diff):
     text, status, specialist, _ = diff
     section = text.split("## changed: `specialist`", 1)[1].split("\n## ", 1)[0]
-    assert f"| {BPB} | bits_per_byte | 3.1841 | 3.1716 | -0.0125 {BETTER} |" in section
-    assert f"| {ACC} | acc | 0.2188 | 0.1562 | -0.0625 {WORSE} |" in section
+    committed = {b["task"]: b["value"] for b in json.loads((ROOT / "cards/specialist.json").read_text())["benchmarks"]}
+    assert (f"| {BPB} | bits_per_byte | {committed[BPB]:.4f} | {committed[BPB] - 0.0125:.4f} | -0.0125 {BETTER} |"
+            in section)
+    assert f"| {ACC} | acc | {committed[ACC]:.4f} | {committed[ACC] - 0.0625:.4f} | -0.0625 {WORSE} |" in section
     rows = [line for line in section.splitlines() if line.startswith("| stdlib_")]
     assert len(rows) == len(specialist["benchmarks"]) == 8
     unchanged = [row for row in rows if row.split(" | ")[4] == f"+0.0000 {UNCHANGED}"]  # the Δ column
@@ -85,8 +87,9 @@ def test_an_added_member_marks_its_deltas_against_parents(diff):
         mark = expected(delta, bench["direction"])
         assert f"| {bench['task']} | {bench['metric']} | {bench['value']:.4f} | {delta:+.4f} {mark} |" in section
         seen[mark] = seen.get(mark, 0) + 1
-    # the real student is worse than its teacher in bits per byte and mixed in accuracy
-    assert seen[WORSE] >= 4 and seen[BETTER] >= 1
+    # the real student is worse than its teacher in bits per byte, and not worse in every
+    # accuracy (better or unchanged: the AMD-bred one ties its teacher on three niches)
+    assert seen[WORSE] >= 4 and seen.get(BETTER, 0) + seen.get(UNCHANGED, 0) >= 1
     gain = student["primary"]["net_gain"]["mean"]
     assert f"over `specialist` {expected(gain, 'higher')}." in section
 
