@@ -191,3 +191,13 @@ def test_the_wall_time_of_other_weights_never_reaches_a_card(tmp_path):
     assert _with_wall_time(meta, wall)["compute"] == {"steps": 4, "tokens": 64}
     wall.write_text("{}")  # a search's placeholder
     assert _with_wall_time(meta, wall)["compute"] == {"steps": 4, "tokens": 64}
+
+
+def test_a_card_without_a_wall_time_says_so_and_renders():
+    """With no compute record for its weights (breed restored from DVC's run cache), the card
+    renders and its wall-time line says why there is no figure."""
+    context = copy.deepcopy(CONTEXT)
+    context["compute"].pop("seconds", None)
+    context["compute"].pop("host", None)
+    lines = [line for line in render_card(context).splitlines() if line.startswith("| wall time |")]
+    assert lines == ["| wall time | not recorded (the weights came from DVC's run cache) |"]
